@@ -1,0 +1,286 @@
+"""Content-addressed, atomically written stage artifacts.
+
+Each stage writes to `<root>/<stage>/<key>/`, where the key hashes the stage name, a stage version constant, the
+stage's config and the keys of its upstream artifacts. A build is written into a hidden temporary folder and
+renamed into place with its `manifest.json` already inside, so a folder at the final path is always complete; a
+killed build leaves only a hidden temporary folder, which is never served and is cleaned by the next build of the
+same key. An exclusive file lock per key makes concurrent builds of one key (overlapping scheduled runs) end with
+one artifact: the second waits and then returns the first's result.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from ner_pipeline import __version__
+from ner_pipeline.errors import ArtifactError
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+KEY_LENGTH = 20
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A complete stage output on disk."""
+
+    stage: str
+    key: str
+    path: Path
+    manifest: dict[str, Any] = field(default_factory=dict, compare=False)
+    cached: bool = field(default=False, compare=False)
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        """Stage statistics and metrics recorded in the manifest."""
+        return self.manifest.get("stats", {})
+
+    @property
+    def inputs(self) -> dict[str, str]:
+        """Upstream artifact keys by stage name."""
+        return self.manifest.get("inputs", {})
+
+    @property
+    def created(self) -> str:
+        return self.manifest.get("created", "")
+
+
+def _canonical(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, Mapping):
+        return {str(k): _canonical(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_canonical(v) for v in value]
+    return value
+
+
+def artifact_key(stage: str, version: str, config: Any, inputs: Mapping[str, str] | None = None) -> str:
+    """Return the content address of a stage output.
+
+    Args:
+        stage: Stage name, e.g. "tokenize".
+        version: The stage's version constant; bump it when the stage's output format or logic changes.
+        config: The stage's config section (pydantic model or JSON-able mapping) plus anything else that
+            decides the output, such as the base model reference or source file hashes.
+        inputs: Upstream artifact keys by stage name.
+
+    Returns:
+        A hex digest of KEY_LENGTH characters.
+    """
+    payload = {
+        "stage": stage,
+        "version": version,
+        "config": _canonical(config),
+        "inputs": dict(sorted((inputs or {}).items())),
+    }
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:KEY_LENGTH]
+
+
+def hash_files(paths: list[Path]) -> str:
+    """Return the sha256 of the named files' contents, in the given order, with their names."""
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(path.name.encode() + b"\0")
+        with path.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    """Write JSON to `path` through a temporary file and a rename, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    with tmp.open("w", encoding="utf-8") as handle:
+        json.dump(payload, handle, indent=2, sort_keys=True, default=str)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def folder_size(path: Path) -> int:
+    """Total size in bytes of the files below `path`."""
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+class ArtifactStore:
+    """Stage artifacts below one root folder."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def path(self, stage: str, key: str) -> Path:
+        return self.root / stage / key
+
+    def get(self, stage: str, key: str) -> Artifact | None:
+        """Return the complete artifact for `key`, or None when there is none."""
+        folder = self.path(stage, key)
+        manifest_path = folder / MANIFEST
+        if not manifest_path.is_file():
+            return None
+        try:
+            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ArtifactError(f"{manifest_path}: unreadable manifest ({exc}); delete the folder to rebuild") from exc
+        return Artifact(stage=stage, key=key, path=folder, manifest=manifest, cached=True)
+
+    def require(self, stage: str, key: str) -> Artifact:
+        """Return the artifact for `key` or raise naming what is missing."""
+        artifact = self.get(stage, key)
+        if artifact is None:
+            raise ArtifactError(
+                f"no {stage} artifact {key} under {self.root}; run the '{stage}' stage first "
+                f"(ner-pipeline run --only {stage})"
+            )
+        return artifact
+
+    def latest(self, stage: str) -> Artifact | None:
+        """Return the most recently created artifact of a stage, if any."""
+        found = [a for a in self.list() if a.stage == stage]
+        return max(found, key=lambda a: a.created) if found else None
+
+    def work_dir(self, stage: str, key: str) -> Path:
+        """A persistent scratch folder for a resumable build (e.g. training checkpoints).
+
+        It survives a killed build so the next attempt can resume, and is removed once the artifact is complete.
+        """
+        folder = self.root / stage / f".work-{key}"
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    @contextmanager
+    def _lock(self, stage: str, key: str) -> Iterator[None]:
+        lock_dir = self.root / stage / ".locks"
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        with (lock_dir / f"{key}.lock").open("w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def build(
+        self,
+        stage: str,
+        key: str,
+        producer: Callable[[Path], Mapping[str, Any]],
+        *,
+        inputs: Mapping[str, str] | None = None,
+        config: Any = None,
+    ) -> Artifact:
+        """Return the artifact for `key`, building it with `producer` only when it does not exist yet.
+
+        Args:
+            stage: Stage name.
+            key: The artifact key (see `artifact_key`).
+            producer: Writes the stage's files into the folder it is given and returns stats for the manifest.
+            inputs: Upstream artifact keys, recorded in the manifest.
+            config: The stage config, recorded in the manifest.
+
+        Returns:
+            The complete artifact; `cached` tells whether it already existed.
+        """
+        existing = self.get(stage, key)
+        if existing is not None:
+            logger.info("%s: cache hit %s (%s)", stage, key, existing.path)
+            return existing
+        with self._lock(stage, key):
+            existing = self.get(stage, key)
+            if existing is not None:  # another process finished it while we waited
+                logger.info("%s: built concurrently by another run, reusing %s", stage, existing.path)
+                return existing
+            for stale in (self.root / stage).glob(f".tmp-{key}-*"):
+                logger.info("%s: removing an interrupted build %s", stage, stale)
+                shutil.rmtree(stale, ignore_errors=True)
+            logger.info("%s: cache miss %s, building", stage, key)
+            tmp = self.root / stage / f".tmp-{key}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            tmp.mkdir(parents=True)
+            started = time.monotonic()
+            try:
+                stats = dict(producer(tmp))
+                manifest = {
+                    "stage": stage,
+                    "key": key,
+                    "created": datetime.now(UTC).isoformat(timespec="seconds"),
+                    "inputs": dict(inputs or {}),
+                    "config": _canonical(config),
+                    "stats": stats,
+                    "duration_s": round(time.monotonic() - started, 3),
+                    "package_version": __version__,
+                }
+                write_json_atomic(tmp / MANIFEST, manifest)
+                os.rename(tmp, self.path(stage, key))
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            shutil.rmtree(self.root / stage / f".work-{key}", ignore_errors=True)
+        logger.info("%s: wrote %s", stage, self.path(stage, key))
+        return Artifact(stage=stage, key=key, path=self.path(stage, key), manifest=manifest, cached=False)
+
+    def list(self) -> list[Artifact]:
+        """All complete artifacts, oldest first."""
+        found: list[Artifact] = []
+        if not self.root.is_dir():
+            return found
+        for stage_dir in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            for folder in stage_dir.iterdir():
+                if folder.name.startswith("."):
+                    continue
+                artifact = self.get(stage_dir.name, folder.name)
+                if artifact is not None:
+                    found.append(artifact)
+        return sorted(found, key=lambda a: a.created)
+
+    def prune(self, keep_last: int, protected: set[str] | None = None, dry_run: bool = False) -> list[Artifact]:
+        """Delete all but the newest `keep_last` artifacts of each stage.
+
+        Artifacts whose key is in `protected` (e.g. keys recorded on registered model versions) are kept, and so
+        is every upstream artifact of a kept one, so lineage stays resolvable.
+
+        Returns:
+            The artifacts removed (or that would be, with dry_run).
+        """
+        if keep_last < 0:
+            raise ArtifactError(f"--keep-last must be >= 0 (got {keep_last})")
+        everything = self.list()
+        keep: set[str] = set(protected or set())
+        by_stage: dict[str, list[Artifact]] = {}
+        for artifact in everything:
+            by_stage.setdefault(artifact.stage, []).append(artifact)
+        for artifacts in by_stage.values():
+            keep.update(a.key for a in artifacts[len(artifacts) - keep_last :] if keep_last)
+        by_key = {a.key: a for a in everything}
+        frontier = list(keep)
+        while frontier:  # keep the lineage of whatever is kept
+            artifact = by_key.get(frontier.pop())
+            for upstream in (artifact.inputs.values() if artifact else []):
+                if upstream not in keep:
+                    keep.add(upstream)
+                    frontier.append(upstream)
+        removed = [a for a in everything if a.key not in keep]
+        for artifact in removed if not dry_run else []:
+            trash = artifact.path.with_name(f".trash-{artifact.key}-{uuid.uuid4().hex[:8]}")
+            os.rename(artifact.path, trash)  # vanish atomically, then delete at leisure
+            shutil.rmtree(trash, ignore_errors=True)
+            logger.info("pruned %s/%s", artifact.stage, artifact.key)
+        return removed

@@ -1,0 +1,83 @@
+"""Entity spans and the IOB tagging schemes: the one place that knows what a B-/I- tag means."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+OUTSIDE = "O"
+
+
+@dataclass(frozen=True, order=True)
+class Span:
+    """An entity over words `start` (inclusive) to `end` (exclusive)."""
+
+    start: int
+    end: int
+    label: str
+
+
+def split_tag(tag: str) -> tuple[str, str | None]:
+    """Split `B-PER` into ("B", "PER"); `O` gives ("O", None).
+
+    Raises:
+        ValueError: the tag is neither `O` nor `B-`/`I-` followed by a type.
+    """
+    if tag == OUTSIDE:
+        return OUTSIDE, None
+    prefix, sep, label = tag.partition("-")
+    if not sep or prefix not in ("B", "I") or not label:
+        raise ValueError(f"tag '{tag}' is not O, B-<type> or I-<type>")
+    return prefix, label
+
+
+def to_iob2(tags: Sequence[str]) -> tuple[list[str], int]:
+    """Convert IOB1 (or repair broken IOB2) tags to IOB2.
+
+    An `I-X` that starts an entity (after `O`, at the start, or after another type) becomes `B-X`. In IOB1 that is
+    the normal encoding; in IOB2 input it is a repair, so the count is returned for the caller to report.
+
+    Returns:
+        The IOB2 tags and the number of tags changed.
+    """
+    out: list[str] = []
+    changed = 0
+    previous: str | None = None
+    for tag in tags:
+        prefix, label = split_tag(tag)
+        if prefix == "I" and previous != label:
+            out.append(f"B-{label}")
+            changed += 1
+        else:
+            out.append(tag)
+        previous = label
+    return out, changed
+
+
+def extract_spans(tags: Sequence[str]) -> list[Span]:
+    """Return the entities of an IOB2 sequence; a stray `I-X` starts a new entity, as conlleval does."""
+    spans: list[Span] = []
+    start: int | None = None
+    current: str | None = None
+    for i, tag in enumerate([*tags, OUTSIDE]):
+        prefix, label = split_tag(tag) if tag != OUTSIDE else (OUTSIDE, None)
+        continues = prefix == "I" and label == current
+        if current is not None and not continues:
+            spans.append(Span(start if start is not None else i, i, current))
+            current, start = None, None
+        if prefix == "B" or (prefix == "I" and not continues):
+            current, start = label, i
+    return spans
+
+
+def entity_types(labels: Sequence[str]) -> list[str]:
+    """Return the sorted entity types named by a label list."""
+    return sorted({split_tag(t)[1] for t in labels if t != OUTSIDE} - {None})  # type: ignore[arg-type]
+
+
+def label_list(types: Sequence[str]) -> list[str]:
+    """Return the canonical label order: `O`, then for each sorted type its `B-` and `I-` tags."""
+    labels = [OUTSIDE]
+    for label in sorted(set(types)):
+        labels += [f"B-{label}", f"I-{label}"]
+    return labels
