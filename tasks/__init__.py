@@ -1,0 +1,1 @@
+"""Prefect tasks: one per pipeline stage, each a thin wrapper over the library."""

@@ -141,7 +141,9 @@ class ArtifactStore:
         try:
             manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as exc:
-            raise ArtifactError(f"{manifest_path}: unreadable manifest ({exc}); delete the folder to rebuild") from exc
+            raise ArtifactError(
+                f"{manifest_path}: unreadable manifest ({exc}); delete the folder to rebuild"
+            ) from exc
         return Artifact(stage=stage, key=key, path=folder, manifest=manifest, cached=True)
 
     def require(self, stage: str, key: str) -> Artifact:
@@ -251,7 +253,9 @@ class ArtifactStore:
                     found.append(artifact)
         return sorted(found, key=lambda a: a.created)
 
-    def prune(self, keep_last: int, protected: set[str] | None = None, dry_run: bool = False) -> list[Artifact]:
+    def prune(
+        self, keep_last: int, protected: set[str] | None = None, dry_run: bool = False
+    ) -> list[Artifact]:
         """Delete all but the newest `keep_last` artifacts of each stage.
 
         Artifacts whose key is in `protected` (e.g. keys recorded on registered model versions) are kept, and so
@@ -273,7 +277,7 @@ class ArtifactStore:
         frontier = list(keep)
         while frontier:  # keep the lineage of whatever is kept
             artifact = by_key.get(frontier.pop())
-            for upstream in (artifact.inputs.values() if artifact else []):
+            for upstream in artifact.inputs.values() if artifact else []:
                 if upstream not in keep:
                     keep.add(upstream)
                     frontier.append(upstream)

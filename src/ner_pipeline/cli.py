@@ -1,0 +1,262 @@
+"""The `ner-pipeline` command line.
+
+Every command loads the config through `config.load_config` (file + `--set key=value` overrides) and calls the
+same library functions as the Prefect flow. Errors a user can act on are printed as one line, without a
+traceback, and exit with status 1.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from ner_pipeline.artifacts import ArtifactStore, folder_size
+from ner_pipeline.config import PipelineConfig, dump_config, load_config
+from ner_pipeline.errors import NerPipelineError
+
+app = typer.Typer(
+    help="Train, evaluate, register, export and serve NER models.", no_args_is_help=True, add_completion=False
+)
+artifacts_app = typer.Typer(help="Inspect and prune the artifact cache.", no_args_is_help=True)
+config_app = typer.Typer(help="Show the resolved config.", no_args_is_help=True)
+app.add_typer(artifacts_app, name="artifacts")
+app.add_typer(config_app, name="config")
+
+logger = logging.getLogger("ner_pipeline.cli")
+
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="YAML config file.")]
+SetOpt = Annotated[
+    list[str] | None, typer.Option("--set", "-s", help="Override a config value: key=value (repeatable).")
+]
+DEFAULT_CONFIG = Path("configs/quickstart.yaml")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """Log to stderr; library modules only emit records, the CLI decides where they go."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+        force=True,
+    )
+    for noisy in ("httpx", "urllib3", "alembic", "filelock", "mlflow.store.db.utils"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def user_errors(func: F) -> F:
+    """Turn a NerPipelineError into one line on stderr and exit status 1."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except NerPipelineError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def offline_defaults() -> None:
+    """Environment defaults for the run: Prefect state inside the project, no telemetry."""
+    os.environ.setdefault("PREFECT_HOME", str(Path.cwd() / ".prefect"))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "ner_pipeline")
+    os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@app.callback()
+def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
+    setup_logging(verbose)
+    offline_defaults()
+
+
+def _load(config: Path, overrides: list[str] | None) -> PipelineConfig:
+    return load_config(config, overrides or [])
+
+
+@app.command()
+@user_errors
+def run(
+    config: ConfigOpt = DEFAULT_CONFIG,
+    set_: SetOpt = None,
+    only: Annotated[
+        list[str] | None, typer.Option("--only", help="Run only this stage (repeatable).")
+    ] = None,
+    from_stage: Annotated[str | None, typer.Option("--from", help="Run this stage and all after it.")] = None,
+) -> None:
+    """Run the training flow end to end under Prefect (a temporary local server unless PREFECT_API_URL is set)."""
+    _load(config, set_)  # fail fast on a bad config, before Prefect starts
+    # The flow lives outside the library (which knows nothing of Prefect); import it only for this command.
+    from flows.training import training_flow
+
+    summary = training_flow(
+        config_path=str(config),
+        overrides=list(set_ or []),
+        only=list(only or []) or None,
+        from_stage=from_stage,
+    )
+    typer.echo("")
+    typer.echo(summary.to_markdown())
+    typer.echo("")
+    typer.echo(next_steps(summary))
+
+
+def next_steps(summary: Any) -> str:
+    """The closing lines of `run`: where to look next."""
+    lines = ["Where to look next:"]
+    if summary.run_id:
+        lines.append(
+            f"  MLflow UI:  mlflow ui --backend-store-uri {summary.tracking_uri}   (run {summary.run_id})"
+        )
+    evaluated = summary.stages.get("evaluate")
+    if evaluated is not None:
+        lines.append(f"  Report:     {evaluated.path / 'report.md'}")
+    trained = summary.stages.get("train")
+    if trained is not None:
+        lines.append(f"  Model:      {trained.path / 'model'}")
+    missing = [s for s in ("register", "export") if s not in summary.stages]
+    if missing:
+        lines.append(f"  Not yet built in this version of ner-pipeline: {', '.join(missing)} stages.")
+    return "\n".join(lines)
+
+
+@app.command()
+@user_errors
+def ingest(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None) -> None:
+    """Read and normalise the data set; print the artifact path and a stats table."""
+    from ner_pipeline.ingest import run_ingest, stats_table
+
+    cfg = _load(config, set_)
+    artifact = run_ingest(cfg.data, ArtifactStore(cfg.artifacts_root))
+    typer.echo(f"ingest artifact: {artifact.path}{' (cached)' if artifact.cached else ''}")
+    typer.echo(stats_table(artifact.stats))
+
+
+@app.command()
+@user_errors
+def stage(
+    name: Annotated[str, typer.Argument(help="ingest, tokenize, train or evaluate.")],
+    config: ConfigOpt = DEFAULT_CONFIG,
+    set_: SetOpt = None,
+) -> None:
+    """Run one stage and what it needs, without Prefect or MLflow (upstream stages come from the cache)."""
+    from ner_pipeline import pipeline
+
+    cfg = _load(config, set_)
+    index = pipeline.STAGES.index(pipeline.check_stage(name))
+    done = pipeline.run_pipeline(cfg, ArtifactStore(cfg.artifacts_root), stages=pipeline.STAGES[: index + 1])
+    typer.echo(f"{name} artifact: {done[name].path}{' (cached)' if done[name].cached else ''}")
+
+
+@app.command()
+@user_errors
+def evaluate(
+    model: Annotated[str, typer.Option(help="Model folder or models:/NAME@alias.")],
+    data: Annotated[
+        str, typer.Option(help="A CoNLL file, or a folder/JSONL/hub id with --set data.source=...")
+    ],
+    config: ConfigOpt = DEFAULT_CONFIG,
+    set_: SetOpt = None,
+    out: Annotated[Path, typer.Option(help="Where to write the report.")] = Path("evaluation"),
+) -> None:
+    """Score a trained or registered model on a test set."""
+    from ner_pipeline.evaluate import evaluate_model
+    from ner_pipeline.ingest import read_evaluation_data
+
+    cfg = _load(config, set_)
+    model_dir = resolve_model_dir(model, cfg)
+    splits = read_evaluation_data(data, cfg.data)
+    report = evaluate_model(model_dir, splits, cfg.evaluate, out)
+    typer.echo(report.to_markdown() if hasattr(report, "to_markdown") else str(report))
+    typer.echo(f"\nreport written to {out}")
+
+
+def resolve_model_dir(model: str, cfg: PipelineConfig) -> Path:
+    """A model folder, or a registered model version downloaded from MLflow."""
+    if model.startswith("models:/"):
+        from ner_pipeline import registry, tracking
+
+        uri = tracking.resolve_tracking_uri(cfg.tracking, os.environ)
+        return registry.download_model(model, uri)
+    return Path(model)
+
+
+@artifacts_app.command("list")
+@user_errors
+def artifacts_list(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None) -> None:
+    """Show what is cached: stage, key, size, created, inputs."""
+    cfg = _load(config, set_)
+    rows = [("stage", "key", "size", "created", "inputs")]
+    for a in ArtifactStore(cfg.artifacts_root).list():
+        inputs = ", ".join(f"{k}={v[:8]}" for k, v in a.inputs.items()) or "-"
+        rows.append((a.stage, a.key, human_size(folder_size(a.path)), a.created, inputs))
+    typer.echo(format_table(rows))
+
+
+@artifacts_app.command("prune")
+@user_errors
+def artifacts_prune(
+    keep_last: Annotated[int, typer.Option(help="Artifacts to keep per stage, newest first.")] = 3,
+    dry_run: Annotated[bool, typer.Option(help="Only list what would go.")] = False,
+    config: ConfigOpt = DEFAULT_CONFIG,
+    set_: SetOpt = None,
+) -> None:
+    """Free disk, never touching what registered model versions point to (or their lineage)."""
+    cfg = _load(config, set_)
+    protected = registered_artifact_keys(cfg)
+    removed = ArtifactStore(cfg.artifacts_root).prune(keep_last, protected, dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    for a in removed:
+        typer.echo(f"{verb} {a.stage}/{a.key}")
+    typer.echo(f"{verb} {len(removed)} artifact(s); {len(protected)} key(s) protected by the model registry")
+
+
+def registered_artifact_keys(cfg: PipelineConfig) -> set[str]:
+    """Artifact keys recorded on registered model versions (empty until the registry stage exists)."""
+    try:
+        from ner_pipeline import registry
+    except ImportError:
+        return set()
+    from ner_pipeline import tracking
+
+    return registry.protected_artifact_keys(tracking.resolve_tracking_uri(cfg.tracking, os.environ))
+
+
+@config_app.command("show")
+@user_errors
+def config_show(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None) -> None:
+    """Print the config after `extends` and overrides."""
+    typer.echo(dump_config(_load(config, set_)))
+
+
+def human_size(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GB"
+
+
+def format_table(rows: list[tuple[str, ...]]) -> str:
+    """Align rows of strings into columns (the first row is the header)."""
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    app()

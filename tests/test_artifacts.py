@@ -1,0 +1,137 @@
+"""The artifact cache: keys, atomic builds, interrupted builds, concurrent builds, pruning."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from ner_pipeline.artifacts import MANIFEST, ArtifactStore, artifact_key
+from ner_pipeline.config import TrainConfig
+from ner_pipeline.errors import ArtifactError
+
+
+def write_value(value: str):
+    def producer(folder: Path) -> dict:
+        (folder / "value.txt").write_text(value)
+        return {"value": value}
+
+    return producer
+
+
+def test_key_changes_with_config_inputs_and_version():
+    base = artifact_key("train", "1", TrainConfig(), {"tokenize": "abc"})
+    assert base == artifact_key("train", "1", TrainConfig(), {"tokenize": "abc"})
+    assert base != artifact_key("train", "1", TrainConfig(learning_rate=3e-5), {"tokenize": "abc"})
+    assert base != artifact_key("train", "1", TrainConfig(), {"tokenize": "abd"})
+    assert base != artifact_key("train", "2", TrainConfig(), {"tokenize": "abc"})
+
+
+def test_build_writes_manifest_and_second_build_is_a_cache_hit(tmp_path: Path):
+    store = ArtifactStore(tmp_path)
+    calls = []
+
+    def producer(folder: Path) -> dict:
+        calls.append(folder)
+        (folder / "value.txt").write_text("x")
+        return {"n": 1}
+
+    first = store.build("ingest", "k1", producer, inputs={"up": "u1"}, config={"a": 1})
+    second = store.build("ingest", "k1", producer)
+    assert len(calls) == 1
+    assert not first.cached and second.cached
+    assert second.stats == {"n": 1} and second.inputs == {"up": "u1"}
+    manifest = json.loads((tmp_path / "ingest" / "k1" / MANIFEST).read_text())
+    assert manifest["key"] == "k1" and manifest["config"] == {"a": 1}
+
+
+def test_failed_build_leaves_nothing_that_looks_complete(tmp_path: Path):
+    store = ArtifactStore(tmp_path)
+
+    def broken(folder: Path) -> dict:
+        (folder / "half.txt").write_text("half")
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        store.build("train", "k", broken)
+    assert store.get("train", "k") is None
+    assert list((tmp_path / "train").glob(".tmp-*")) == []
+    assert store.build("train", "k", write_value("ok")).stats == {"value": "ok"}
+
+
+def _killed_build(root: str) -> None:
+    def hang(folder: Path) -> dict:
+        (folder / "partial.bin").write_bytes(b"0" * 100)
+        (Path(root) / "started").touch()
+        time.sleep(60)
+        return {}
+
+    ArtifactStore(root).build("train", "k", hang)
+
+
+def test_interrupted_write_is_not_a_hit_and_is_cleaned_by_the_next_build(tmp_path: Path):
+    proc = multiprocessing.get_context("fork").Process(target=_killed_build, args=(str(tmp_path),))
+    proc.start()
+    deadline = time.monotonic() + 20
+    while not (tmp_path / "started").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.join()
+    store = ArtifactStore(tmp_path)
+    assert list((tmp_path / "train").glob(".tmp-k-*")), "the killed build should have left its temp folder"
+    assert store.get("train", "k") is None
+    rebuilt = store.build("train", "k", write_value("fresh"))
+    assert not rebuilt.cached and (rebuilt.path / "value.txt").read_text() == "fresh"
+    assert list((tmp_path / "train").glob(".tmp-k-*")) == []
+
+
+def _slow_build(root: str, value: str, out: str) -> None:
+    def producer(folder: Path) -> dict:
+        time.sleep(1.0)
+        (folder / "value.txt").write_text(value)
+        return {"value": value}
+
+    artifact = ArtifactStore(root).build("train", "same", producer)
+    Path(out).write_text(json.dumps({"cached": artifact.cached, "value": artifact.stats["value"]}))
+
+
+def test_two_processes_building_one_key_end_with_one_artifact(tmp_path: Path):
+    ctx = multiprocessing.get_context("fork")
+    procs = [
+        ctx.Process(
+            target=_slow_build, args=(str(tmp_path / "root"), f"p{i}", str(tmp_path / f"out{i}.json"))
+        )
+        for i in range(2)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(30)
+        assert p.exitcode == 0
+    results = [json.loads((tmp_path / f"out{i}.json").read_text()) for i in range(2)]
+    assert sorted(r["cached"] for r in results) == [False, True]
+    assert results[0]["value"] == results[1]["value"]
+    assert [p.name for p in (tmp_path / "root" / "train").iterdir() if not p.name.startswith(".")] == ["same"]
+
+
+def test_prune_keeps_newest_protected_and_their_lineage(tmp_path: Path):
+    store = ArtifactStore(tmp_path)
+    ingest = store.build("ingest", "i1", write_value("i"))
+    old = store.build("train", "t-old", write_value("1"), inputs={"ingest": ingest.key})
+    time.sleep(1.1)  # manifests record creation to the second
+    store.build("train", "t-mid", write_value("2"), inputs={"ingest": ingest.key})
+    time.sleep(1.1)
+    newest = store.build("train", "t-new", write_value("3"), inputs={"ingest": ingest.key})
+    removed = store.prune(keep_last=1, protected={old.key})
+    assert [a.key for a in removed] == ["t-mid"]
+    assert {a.key for a in store.list()} == {ingest.key, old.key, newest.key}
+
+
+def test_require_names_the_stage_to_run(tmp_path: Path):
+    with pytest.raises(ArtifactError, match="run the 'tokenize' stage first"):
+        ArtifactStore(tmp_path).require("tokenize", "nope")
