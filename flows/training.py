@@ -1,4 +1,4 @@
-"""The `ner-training` flow: ingest → tokenize → train → evaluate, tracked in one MLflow run.
+"""The `ner-training` flow: ingest → tokenize → train → evaluate → register, tracked in one MLflow run.
 
 Stages not selected with `only`/`from_stage` are looked up in the artifact cache; selected ones run, and are
 themselves cache hits when nothing they depend on changed.
@@ -6,6 +6,7 @@ themselves cache hits when nothing they depend on changed.
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 from prefect import flow, get_run_logger
@@ -15,6 +16,7 @@ from prefect.runtime import flow_run
 from ner_pipeline import pipeline
 from ner_pipeline.artifacts import Artifact
 from tasks.config import load_config_task
+from tasks.registry import promote_task
 from tasks.stages import STAGE_TASKS, lookup_task
 from tasks.tracking import end_run_task, log_stage_task, start_run_task
 
@@ -37,39 +39,37 @@ def training_flow(
     logger = get_run_logger()
     config = load_config_task(config_path, list(overrides or []))
     selected = pipeline.select_stages(only, from_stage)
-    last = max(pipeline.STAGES.index(s) for s in selected)
     tracker = start_run_task(config, {"prefect.flow_run_id": str(flow_run.get_id())})
-    done: dict[str, Artifact] = {}
-    computed: list[str] = []
+    ctx = pipeline.RunContext(
+        tracking_uri=tracker.tracking_uri if tracker else None, run_id=tracker.run_id if tracker else None
+    )
+    summary = pipeline.RunSummary(config.name, {}, [], ctx.tracking_uri, ctx.run_id)
     try:
-        for name in pipeline.STAGES[: last + 1]:
-            upstream = {u: done[u] for u in pipeline.spec(name).upstream}
+        for name in pipeline.plan(config, selected):
+            upstream = {u: summary.stages[u] for u in pipeline.spec(name).upstream if u in summary.stages}
             if name in selected:
-                state = STAGE_TASKS[name](config, upstream, return_state=True)
-                artifact = state.result()
+                state = STAGE_TASKS[name](config, upstream, ctx, return_state=True)
+                artifact: Artifact = state.result()
                 if state.name == "Cached" or artifact.cached:
                     artifact = replace(artifact, cached=True)
                 else:
-                    computed.append(name)
+                    summary.computed.append(name)
             else:
-                artifact = lookup_task(name, config, upstream)
-            logger.info("%s: %s %s", name, "computed" if name in computed else "cache hit", artifact.path)
-            done[name] = artifact
+                artifact = lookup_task(name, config, upstream, ctx)
+            logger.info("%s: %s %s", name, "computed" if name in summary.computed else "cache hit", artifact.path)
+            summary.stages[name] = artifact
             log_stage_task(tracker, artifact)
+        registered = summary.stages.get("register")
+        if registered is not None and config.registry.auto_promote and ctx.tracking_uri:
+            decision = promote_task(ctx.tracking_uri, config.registry, registered.stats["version"])
+            summary.decision = decision.summary()
+            logger.info(summary.decision)
     except BaseException:
         end_run_task(tracker, "FAILED")
         raise
     end_run_task(tracker, "FINISHED")
-    summary = pipeline.RunSummary(
-        config_name=config.name,
-        stages=done,
-        computed=computed,
-        tracking_uri=tracker.tracking_uri if tracker else None,
-        run_id=tracker.run_id if tracker else None,
-    )
-    create_markdown_artifact(
-        summary.to_markdown(), key="ner-training-summary", description="Stages and metrics"
-    )
+    create_markdown_artifact(summary.to_markdown(), key="ner-training-summary", description="Stages and metrics")
+    logger.info("summary: %s", json.dumps(summary.metrics))
     return summary
 
 

@@ -28,7 +28,7 @@ def artifact_cache_key(stage: str) -> Callable[[Any, dict[str, Any]], str | None
 
     def cache_key(context: Any, parameters: dict[str, Any]) -> str | None:
         config: PipelineConfig = parameters["config"]
-        key = pipeline.stage_key(stage, config, parameters["upstream"])
+        key = pipeline.stage_key(stage, config, parameters["upstream"], parameters["ctx"])
         if ArtifactStore(config.artifacts_root).get(stage, key) is None:
             return None  # nothing complete on disk: never let Prefect serve a result for it
         return f"ner-pipeline-{stage}-{key}"
@@ -47,7 +47,7 @@ def retry_unless_user_error(task: Task[..., Any], task_run: TaskRun, state: Stat
     return False
 
 
-def stage_task(stage: str) -> Task[[PipelineConfig, Mapping[str, Artifact]], Artifact]:
+def stage_task(stage: str) -> Task[[PipelineConfig, Mapping[str, Artifact], pipeline.RunContext], Artifact]:
     """The Prefect task that builds (or reuses) one stage's artifact."""
 
     @task(
@@ -59,16 +59,18 @@ def stage_task(stage: str) -> Task[[PipelineConfig, Mapping[str, Artifact]], Art
         retry_delay_seconds=10,
         retry_condition_fn=retry_unless_user_error,
     )
-    def run(config: PipelineConfig, upstream: Mapping[str, Artifact]) -> Artifact:
-        return pipeline.run_stage(stage, config, upstream, ArtifactStore(config.artifacts_root))
+    def run(config: PipelineConfig, upstream: Mapping[str, Artifact], ctx: pipeline.RunContext) -> Artifact:
+        return pipeline.run_stage(stage, config, upstream, ArtifactStore(config.artifacts_root), ctx)
 
     return run
 
 
 @task(name="lookup", task_run_name="lookup-{stage}")
-def lookup_task(stage: str, config: PipelineConfig, upstream: Mapping[str, Artifact]) -> Artifact:
+def lookup_task(
+    stage: str, config: PipelineConfig, upstream: Mapping[str, Artifact], ctx: pipeline.RunContext
+) -> Artifact:
     """Find the cached artifact of a stage this run does not compute."""
-    return pipeline.lookup_stage(stage, config, upstream, ArtifactStore(config.artifacts_root))
+    return pipeline.lookup_stage(stage, config, upstream, ArtifactStore(config.artifacts_root), ctx)
 
 
 STAGE_TASKS = {name: stage_task(name) for name in pipeline.STAGES}

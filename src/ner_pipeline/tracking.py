@@ -90,9 +90,7 @@ class Tracker:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [
-            Metric(k, float(v), now, step or 0) for k, v in metrics.items() if isinstance(v, int | float)
-        ]
+        items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items() if isinstance(v, int | float)]
         if items:
             self.client.log_batch(self.run_id, metrics=items)
 
@@ -109,9 +107,7 @@ class Tracker:
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
 
-    def log_dataset(
-        self, name: str, fingerprint: str, source: str, source_type: str, profile: Mapping
-    ) -> None:
+    def log_dataset(self, name: str, fingerprint: str, source: str, source_type: str, profile: Mapping) -> None:
         """Record the training data as a run input, with our content fingerprint as its digest."""
         from mlflow.entities import Dataset, DatasetInput, InputTag
 
@@ -180,9 +176,7 @@ def start_run(
 
 def log_stage(tracker: Tracker, artifact: Artifact) -> None:
     """Log what a stage produced to the run: its key as a tag, its stats as metrics, its reports as files."""
-    tracker.set_tags(
-        {f"artifact.{artifact.stage}": artifact.key, f"cached.{artifact.stage}": artifact.cached}
-    )
+    tracker.set_tags({f"artifact.{artifact.stage}": artifact.key, f"cached.{artifact.stage}": artifact.cached})
     stats = artifact.stats
     logger_for_stage = {
         "ingest": _log_ingest,
