@@ -32,3 +32,39 @@ def conll_dir() -> Path:
 @pytest.fixture
 def repo_root() -> Path:
     return REPO_ROOT
+
+
+TINY_LABELS = ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"]
+
+
+def build_tiny_model(folder: Path, labels: list[str] = TINY_LABELS, layers: int = 2, hidden: int = 64) -> Path:
+    """A randomly initialised BERT token classifier shaped like the packaged MiniLM, with its real tokenizer."""
+    from transformers import AutoConfig, AutoTokenizer, BertForTokenClassification
+
+    from ner_pipeline.modelref import resolve_model_ref
+
+    base = resolve_model_ref(PACKAGED_MODEL)
+    config = AutoConfig.from_pretrained(
+        base,
+        num_hidden_layers=layers,
+        hidden_size=hidden,
+        num_attention_heads=2,
+        intermediate_size=hidden * 2,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+    )
+    config.architectures = ["BertForTokenClassification"]
+    model = BertForTokenClassification(config)
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(base).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random model folder (weights, config with labels, tokenizer), built once per session."""
+    import torch
+
+    torch.manual_seed(0)
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))

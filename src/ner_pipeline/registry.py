@@ -293,18 +293,18 @@ def gate(candidate: Any, current: Any | None, cfg: RegistryConfig) -> tuple[bool
             "the numbers are not comparable",
             numbers,
         )
-    cand_types, prod_types = version_metrics(candidate, TYPE_TAG), version_metrics(current, TYPE_TAG)
-    for entity in sorted(prod_types):
-        drop = prod_types[entity] - cand_types.get(entity, 0.0)
-        if drop > cfg.max_type_drop:
-            numbers[f"drop_{entity}"] = round(drop, 6)
-            return False, f"{entity} F1 falls by {drop * 100:.1f} points (limit {cfg.max_type_drop * 100:.1f})", numbers
     if cand[metric] - prod[metric] < cfg.min_delta or (cfg.min_delta == 0 and cand[metric] <= prod[metric]):
         return (
             False,
             f"{metric} {cand[metric]:.4f} does not beat production {prod[metric]:.4f} by {cfg.min_delta}",
             numbers,
         )
+    cand_types, prod_types = version_metrics(candidate, TYPE_TAG), version_metrics(current, TYPE_TAG)
+    for entity in sorted(prod_types):
+        drop = prod_types[entity] - cand_types.get(entity, 0.0)
+        if drop > cfg.max_type_drop:
+            numbers[f"drop_{entity}"] = round(drop, 6)
+            return False, f"{entity} F1 falls by {drop * 100:.1f} points (limit {cfg.max_type_drop * 100:.1f})", numbers
     return True, f"{metric} improves by {cand[metric] - prod[metric]:.4f}", numbers
 
 
@@ -330,21 +330,22 @@ def promote(
     candidate = get_version(client, name, version)
     current = alias_version(client, name, PRODUCTION)
     if current is not None and current.version == candidate.version:
-        decision = Decision("refuse", name, candidate.version, current.version, "already production")
+        decision = Decision("refuse", name, str(candidate.version), str(current.version), "already production")
         _record(client, decision, candidate.version)
         return decision
     passed, why, numbers = gate(candidate, current, cfg)
-    from_version = current.version if current is not None else None
+    from_version = str(current.version) if current is not None else None
+    to_version = str(candidate.version)
     if passed or force:
         text = f"forced: {reason} (gate: {why})" if force and not passed else why
         decision = Decision(
-            "promote", name, candidate.version, from_version, text, numbers, forced=force and not passed
+            "promote", name, to_version, from_version, text, numbers, forced=force and not passed
         )
         if current is not None:
             client.set_registered_model_alias(name, PREVIOUS, current.version)
         client.set_registered_model_alias(name, PRODUCTION, candidate.version)
     else:
-        decision = Decision("refuse", name, candidate.version, from_version, why, numbers)
+        decision = Decision("refuse", name, to_version, from_version, why, numbers)
     _record(client, decision, candidate.version)
     logger.info(decision.summary())
     return decision
@@ -361,7 +362,11 @@ def rollback(tracking_uri: str, name: str, reason: str | None = None) -> Decisio
     if current is not None:
         client.set_registered_model_alias(name, PREVIOUS, current.version)
     decision = Decision(
-        "rollback", name, previous.version, current.version if current else None, reason or "rollback requested"
+        "rollback",
+        name,
+        str(previous.version),
+        str(current.version) if current else None,
+        reason or "rollback requested",
     )
     _record(client, decision, previous.version)
     logger.info(decision.summary())
@@ -506,7 +511,8 @@ def make_pyfunc_model() -> Any:
 
             self.predictor = Predictor.load(Path(context.artifacts["model"]), backend="torch")
 
-        def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> list[Any]:
+        # No type hints here: MLflow would try to derive a schema from them; the signature is given explicitly.
+        def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
             texts = list(model_input["text"]) if hasattr(model_input, "columns") else list(model_input)
             aggregation = (params or {}).get("aggregation", "first")
             return [[e.model_dump() for e in ents] for ents in self.predictor.predict(texts, aggregation=aggregation)]

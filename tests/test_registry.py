@@ -1,0 +1,179 @@
+"""Model registry against real MLflow stores: the embedded SQLite store and an `mlflow server` on loopback."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ner_pipeline import registry
+from ner_pipeline.config import RegistryConfig
+from ner_pipeline.errors import RegistryError
+
+NAME = "ner-test"
+CFG = RegistryConfig(model_name=NAME, metric="test_f1", min_delta=0.0, max_type_drop=0.02)
+
+
+def tags(f1: float, per: float, loc: float, fingerprint: str = "fp-test") -> dict[str, str]:
+    return {
+        "metric.test_f1": str(f1),
+        "type_f1.PER": str(per),
+        "type_f1.LOC": str(loc),
+        "data.test_fingerprint": fingerprint,
+        "artifact.train": f"train-{f1}-{per}",
+    }
+
+
+def register(uri: str, model_dir: Path, **kwargs) -> str:
+    record = registry.log_and_register(CFG, model_dir, uri, None, tags(**kwargs), description="test version")
+    return record["version"]
+
+
+def aliases(uri: str) -> dict[str, str]:
+    model = registry.client_for(uri).get_registered_model(NAME)
+    return {alias: str(version) for alias, version in model.aliases.items()}
+
+
+def exercise_gate(uri: str, model_dir: Path) -> None:
+    """The sequence both stores must support: promote, refuse, per-type refusal, fingerprint refusal, rollback."""
+    v1 = register(uri, model_dir, f1=0.80, per=0.85, loc=0.80)
+    assert aliases(uri) == {"challenger": v1}
+    first = registry.promote(uri, CFG, NAME)
+    assert first.accepted and aliases(uri)["production"] == v1
+
+    v2 = register(uri, model_dir, f1=0.85, per=0.86, loc=0.84)
+    second = registry.promote(uri, CFG, NAME, v2)
+    assert second.accepted
+    assert aliases(uri)["production"] == v2 and aliases(uri)["previous-production"] == v1
+
+    worse = register(uri, model_dir, f1=0.70, per=0.80, loc=0.70)
+    refused = registry.promote(uri, CFG, NAME, worse)
+    assert not refused.accepted and "does not beat production" in refused.reason
+    assert aliases(uri)["production"] == v2
+
+    per_drop = register(uri, model_dir, f1=0.90, per=0.80, loc=0.95)
+    refused_type = registry.promote(uri, CFG, NAME, per_drop)
+    assert not refused_type.accepted and refused_type.reason.startswith("PER F1 falls by 6.0 points")
+
+    other_data = register(uri, model_dir, f1=0.95, per=0.95, loc=0.95, fingerprint="fp-other")
+    refused_fp = registry.promote(uri, CFG, NAME, other_data)
+    assert not refused_fp.accepted and "test sets differ" in refused_fp.reason
+    assert aliases(uri)["production"] == v2
+
+    back = registry.rollback(uri, NAME, reason="bad outputs")
+    assert back.accepted and aliases(uri)["production"] == v1 and aliases(uri)["previous-production"] == v2
+
+    actions = [(e["action"], e["to_version"]) for e in registry.history(uri, NAME)]
+    assert actions == [
+        ("promote", v1),
+        ("promote", v2),
+        ("refuse", worse),
+        ("refuse", per_drop),
+        ("refuse", other_data),
+        ("rollback", v1),
+    ]
+    version = registry.client_for(uri).get_model_version(NAME, per_drop)
+    assert version.tags["promotion.last_decision"] == "refuse"
+
+
+@pytest.mark.slow
+def test_gate_promotes_better_refuses_worse_and_rollback_restores_on_sqlite(tmp_path: Path, tiny_model_dir: Path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    exercise_gate(uri, tiny_model_dir)
+
+
+@pytest.mark.slow
+def test_forced_promotion_needs_a_reason_and_is_recorded(tmp_path: Path, tiny_model_dir: Path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    v1 = register(uri, tiny_model_dir, f1=0.80, per=0.80, loc=0.80)
+    registry.promote(uri, CFG, NAME, v1)
+    v2 = register(uri, tiny_model_dir, f1=0.60, per=0.60, loc=0.60)
+    with pytest.raises(RegistryError, match="--force needs --reason"):
+        registry.promote(uri, CFG, NAME, v2, force=True)
+    forced = registry.promote(uri, CFG, NAME, v2, force=True, reason="hotfix for a tokenizer bug")
+    assert forced.accepted and forced.forced and "hotfix" in forced.reason
+    assert registry.history(uri, NAME)[-1]["forced"] is True
+    assert registry.protected_artifact_keys(uri) == {"train-0.8-0.8", "train-0.6-0.6"}
+
+
+def test_version_without_the_metric_is_refused_with_the_reason(tmp_path: Path, tiny_model_dir: Path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = registry.client_for(uri)
+    client.create_registered_model(NAME)
+    mv = client.create_model_version(NAME, source=str(tiny_model_dir), tags={"data.test_fingerprint": "x"})
+    decision = registry.promote(uri, CFG, NAME, mv.version)
+    assert not decision.accepted and "has no 'test_f1' metric" in decision.reason
+
+
+def test_rollback_without_previous_production_is_a_clear_error(tmp_path: Path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    registry.client_for(uri).create_registered_model(NAME)
+    with pytest.raises(RegistryError, match="no 'previous-production' alias"):
+        registry.rollback(uri, NAME)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path: Path):
+    """A real `mlflow server` on a free loopback port with its own SQLite file and artifact folder."""
+    port = free_port()
+    log = (tmp_path / "server.log").open("w")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path}/server.db",
+            "--artifacts-destination",
+            str(tmp_path / "server-artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+        except OSError:
+            if proc.poll() is not None:
+                pytest.fail(f"mlflow server exited: {(tmp_path / 'server.log').read_text()[-2000:]}")
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("mlflow server did not start within 90 s")
+    yield uri
+    proc.terminate()
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+@pytest.mark.slow
+def test_register_promote_rollback_through_a_tracking_server(mlflow_server: str, tiny_model_dir: Path):
+    exercise_gate(mlflow_server, tiny_model_dir)
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)
+    assert client.get_model_version_by_alias(NAME, "production").version == "1"
+    assert len(client.search_model_versions(f"name = '{NAME}'")) == 5
