@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# Prefect's database, results and settings live in a throwaway folder, never in the user's ~/.prefect.
+os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="ner-pipeline-prefect-"))
 os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -37,25 +40,29 @@ def repo_root() -> Path:
 TINY_LABELS = ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"]
 
 
-def build_tiny_model(folder: Path, labels: list[str] = TINY_LABELS, layers: int = 2, hidden: int = 64) -> Path:
-    """A randomly initialised BERT token classifier shaped like the packaged MiniLM, with its real tokenizer."""
-    from transformers import AutoConfig, AutoTokenizer, BertForTokenClassification
+def build_tiny_model(folder: Path, labels: list[str] | None = TINY_LABELS, layers: int = 2, hidden: int = 64) -> Path:
+    """A randomly initialised BERT shaped like the packaged MiniLM, with its real tokenizer.
+
+    With `labels` it is a token classifier (config carries id2label); with None a bare encoder, like the packaged
+    base model, for tests that fine-tune it.
+    """
+    from transformers import AutoConfig, AutoTokenizer, BertForTokenClassification, BertModel
 
     from ner_pipeline.modelref import resolve_model_ref
 
     base = resolve_model_ref(PACKAGED_MODEL)
+    extra = {}
+    if labels is not None:
+        extra = {
+            "num_labels": len(labels),
+            "id2label": dict(enumerate(labels)),
+            "label2id": {label: i for i, label in enumerate(labels)},
+        }
     config = AutoConfig.from_pretrained(
-        base,
-        num_hidden_layers=layers,
-        hidden_size=hidden,
-        num_attention_heads=2,
-        intermediate_size=hidden * 2,
-        num_labels=len(labels),
-        id2label=dict(enumerate(labels)),
-        label2id={label: i for i, label in enumerate(labels)},
+        base, num_hidden_layers=layers, hidden_size=hidden, num_attention_heads=2, intermediate_size=hidden * 2, **extra
     )
-    config.architectures = ["BertForTokenClassification"]
-    model = BertForTokenClassification(config)
+    model = BertForTokenClassification(config) if labels is not None else BertModel(config)
+    config.architectures = [type(model).__name__]
     model.save_pretrained(folder)
     AutoTokenizer.from_pretrained(base).save_pretrained(folder)
     return folder
@@ -68,3 +75,39 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     torch.manual_seed(0)
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="session")
+def tiny_base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random encoder without a head, standing in for the base model in fast pipeline tests."""
+    import torch
+
+    torch.manual_seed(0)
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-base"), labels=None)
+
+
+def write_tiny_config(folder: Path, base_model: Path, **sections: dict) -> Path:
+    """A quickstart-derived config shrunk to seconds: 60 sentences per split, a tiny model, one epoch."""
+    import yaml
+
+    values = {
+        "extends": str(REPO_ROOT / "configs" / "quickstart.yaml"),
+        "name": "tiny",
+        "artifacts_root": str(folder / "artifacts"),
+        "data": {"max_sentences": 60},
+        "model": {"name_or_path": str(base_model)},
+        "tokenize": {"max_length": 64, "stride": 8},
+        "train": {"epochs": 1, "batch_size": 8, "learning_rate": 5e-4, "early_stopping_patience": None},
+        "evaluate": {"bootstrap_samples": 20, "worst_sentences": 5},
+        "tracking": {
+            "tracking_uri": f"sqlite:///{folder}/mlflow.db",
+            "artifact_location": str(folder / "mlartifacts"),
+        },
+        "registry": {"model_name": "ner-tiny"},
+        "export": {"parity_sentences": 20},
+    }
+    for section, delta in sections.items():
+        values[section] = {**values.get(section, {}), **delta}
+    path = folder / "tiny.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return path

@@ -1,0 +1,152 @@
+"""The real deployment sequence: server, work pool, `prefect deploy`, a worker, `prefect deployment run`.
+
+Everything runs on loopback with a temporary PREFECT_HOME; the project is copied into tmp_path so the flow's
+artifacts and MLflow store land there, not in the checkout. Only the processes started here are stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import REPO_ROOT, write_tiny_config
+
+pytestmark = pytest.mark.slow
+
+PREFECT = [sys.executable, "-m", "prefect"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            if proc.poll() is not None:
+                pytest.fail(f"prefect server exited: {log.read_text()[-3000:]}")
+            time.sleep(0.5)
+    pytest.fail(f"prefect server did not listen on {port} within {timeout} s")
+
+
+@pytest.fixture
+def prefect_server(tmp_path: Path):
+    port = free_port()
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+        "PREFECT_CLI_PROMPT": "false",
+        "PREFECT_SERVER_API_HOST": "127.0.0.1",
+        "PREFECT_SERVER_API_PORT": str(port),
+    }
+    log = tmp_path / "server.log"
+    with log.open("w") as handle:
+        proc = subprocess.Popen(
+            [*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    wait_for_port(port, proc, log)
+    yield env
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def prefect(env: dict[str, str], cwd: Path, *args: str, timeout: float = 300) -> str:
+    result = subprocess.run([*PREFECT, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, f"prefect {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+def copy_project(dest: Path) -> Path:
+    for name in ("flows", "tasks", "configs", "deployments"):
+        shutil.copytree(REPO_ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+    return dest
+
+
+def trigger_and_work(env: dict[str, str], project: Path, overrides: list[str]) -> str:
+    """Trigger the nightly deployment, let one worker poll pick it up, and return the final state's name."""
+    out = prefect(
+        env,
+        project,
+        "deployment",
+        "run",
+        "ner-training/nightly",
+        "--param",
+        f"overrides={json.dumps(overrides)}",
+    )
+    flow_run_id = next(line.split()[-1] for line in out.splitlines() if "UUID" in line)
+    prefect(env, project, "worker", "start", "--pool", "ner-process", "--run-once", timeout=600)
+    code = (
+        "import asyncio, sys\n"
+        "from prefect.client.orchestration import get_client\n"
+        "async def main():\n"
+        "    async with get_client() as c:\n"
+        f"        r = await c.read_flow_run('{flow_run_id}')\n"
+        "        print(r.state.name)\n"
+        "asyncio.run(main())\n"
+    )
+    state = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    return state.stdout.strip()
+
+
+def test_deployed_flow_runs_through_a_worker_and_a_second_run_is_served_from_cache(
+    prefect_server: dict[str, str], tmp_path: Path, tiny_base_dir: Path
+):
+    env = prefect_server
+    project = copy_project(tmp_path / "project")
+    config = write_tiny_config(tmp_path, tiny_base_dir)
+    prefect(env, project, "work-pool", "create", "ner-process", "--type", "process")
+    out = prefect(env, project, "--no-prompt", "deploy", "--all", "--prefect-file", "deployments/prefect.yaml")
+    assert "ner-training/nightly" in out and "ner-training/conll2003-weekly" in out
+
+    # The deployment's config_path parameter is the quickstart; shrink it through overrides to the tiny config.
+    overrides = [f"{k}={v}" for k, v in tiny_overrides(config).items()]
+    assert trigger_and_work(env, project, overrides) == "Completed"
+    artifacts = tmp_path / "artifacts"
+    built = {p.parent.name: p for p in artifacts.glob("*/*/manifest.json")}
+    assert set(built) == {"ingest", "tokenize", "train", "evaluate", "register"}
+    mtimes = {stage: path.stat().st_mtime for stage, path in built.items()}
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    assert len(runs) == 1 and runs[0].data.metrics["test_f1"] >= 0
+
+    assert trigger_and_work(env, project, overrides) == "Completed"
+    assert {p.parent.name: p.stat().st_mtime for p in artifacts.glob("*/*/manifest.json")} == mtimes
+    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    assert len(runs) == 2
+    assert {r.data.tags["cached.train"] for r in runs} == {"True", "False"}
+
+
+def tiny_overrides(config: Path) -> dict[str, object]:
+    """The tiny config as dotted overrides of the quickstart (the deployment's own config file)."""
+    import yaml
+
+    from ner_pipeline.config import flatten
+
+    values = yaml.safe_load(config.read_text())
+    values.pop("extends")
+    return {k: json.dumps(v) if isinstance(v, str | list) else ("null" if v is None else v) for k, v in flatten(values).items()}

@@ -1,0 +1,90 @@
+"""The `ner-training` flow under Prefect's test harness: caching across runs, stage selection, failure recovery."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import write_tiny_config
+
+from ner_pipeline.artifacts import ArtifactStore
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def run_flow(config: Path, **kwargs):
+    from flows.training import training_flow
+
+    return training_flow(config_path=str(config), **kwargs)
+
+
+def test_second_run_recomputes_nothing_and_a_hyperparameter_change_reruns_train_onwards(
+    harness, tmp_path: Path, tiny_base_dir: Path
+):
+    config = write_tiny_config(tmp_path, tiny_base_dir)
+    first = run_flow(config)
+    assert first.computed == ["ingest", "tokenize", "train", "evaluate", "register"]
+    assert first.registered == {"name": "ner-tiny", "version": "1"}
+
+    second = run_flow(config)
+    assert second.computed == []
+    assert {k: a.key for k, a in second.stages.items()} == {k: a.key for k, a in first.stages.items()}
+    assert all(a.cached for a in second.stages.values())
+
+    changed = run_flow(config, overrides=["train.learning_rate=1e-4"])
+    assert changed.computed == ["train", "evaluate", "register"]
+    assert changed.stages["tokenize"].key == first.stages["tokenize"].key
+    assert changed.stages["train"].key != first.stages["train"].key
+    assert changed.registered == {"name": "ner-tiny", "version": "2"}
+
+
+def test_only_and_from_run_exactly_the_stages_asked_for(harness, tmp_path: Path, tiny_base_dir: Path):
+    config = write_tiny_config(tmp_path, tiny_base_dir, registry={"enabled": False})
+    run_flow(config)
+    store = ArtifactStore(tmp_path / "artifacts")
+    evaluated = store.list()[-1]
+    assert evaluated.stage == "evaluate"
+    shutil.rmtree(evaluated.path)  # forget the report: --only evaluate must rebuild just that
+
+    only = run_flow(config, only=["evaluate"])
+    assert only.computed == ["evaluate"]
+    assert list(only.stages) == ["ingest", "tokenize", "train", "evaluate"]
+
+    later = run_flow(config, from_stage="train", overrides=["train.seed=7"])
+    assert later.computed == ["train", "evaluate"]
+
+
+def test_only_a_stage_whose_upstream_is_missing_says_which_stage_to_run(harness, tmp_path: Path, tiny_base_dir: Path):
+    from ner_pipeline.errors import ArtifactError
+
+    config = write_tiny_config(tmp_path, tiny_base_dir, registry={"enabled": False})
+    with pytest.raises(ArtifactError, match="run the 'ingest' stage first"):
+        run_flow(config, only=["evaluate"])
+
+
+def test_failing_stage_keeps_earlier_artifacts_and_the_rerun_picks_up_there(
+    harness, tmp_path: Path, tiny_base_dir: Path
+):
+    model = tmp_path / "base"
+    shutil.copytree(tiny_base_dir, model)
+    weights = model / "model.safetensors"
+    good = weights.read_bytes()
+    weights.write_bytes(b"not a safetensors file")  # the tokenizer still loads; training cannot
+    config = write_tiny_config(tmp_path, model, registry={"enabled": False})
+    with pytest.raises(Exception):  # noqa: B017 - whatever transformers raises for corrupt weights
+        run_flow(config)
+    store = ArtifactStore(tmp_path / "artifacts")
+    assert sorted(a.stage for a in store.list()) == ["ingest", "tokenize"]
+
+    weights.write_bytes(good)
+    rerun = run_flow(config)
+    assert rerun.computed == ["train", "evaluate"]
