@@ -45,3 +45,32 @@ def resolve_model_ref(ref: str) -> str:
             raise ModelError(f"model reference '{ref}': folder {local} has no config.json")
         return str(local.resolve())
     return ref
+
+
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "sentencepiece.bpe.model",
+    "spiece.model",
+    "config.json",
+)
+WEIGHT_PATTERNS = ("config.json", "*.safetensors", "pytorch_model*.bin")
+
+
+def model_fingerprint(ref: str, patterns: tuple[str, ...]) -> str | None:
+    """sha256 of a local model's files matching `patterns` (None for a Hub id, which the revision pins).
+
+    Artifact keys include it so that editing a local model folder invalidates what was built from it.
+    """
+    resolved = resolve_model_ref(ref)
+    folder = Path(resolved)
+    if not folder.is_dir():
+        return None
+    from ner_pipeline.artifacts import hash_files
+
+    files = sorted({p for pattern in patterns for p in folder.glob(pattern) if p.is_file()})
+    return hash_files(files) if files else None

