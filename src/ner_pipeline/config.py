@@ -116,7 +116,6 @@ class TrainConfig(_Section):
     )
     max_train_sentences: int | None = Field(None, gt=0, description="Train on at most this many sentences.")
     num_threads: int | None = Field(None, gt=0, description="torch threads (None: all cores available).")
-    logging_steps: int = Field(50, gt=0)
 
 
 class EvaluateConfig(_Section):

@@ -338,9 +338,7 @@ def promote(
     to_version = str(candidate.version)
     if passed or force:
         text = f"forced: {reason} (gate: {why})" if force and not passed else why
-        decision = Decision(
-            "promote", name, to_version, from_version, text, numbers, forced=force and not passed
-        )
+        decision = Decision("promote", name, to_version, from_version, text, numbers, forced=force and not passed)
         if current is not None:
             client.set_registered_model_alias(name, PREVIOUS, current.version)
         client.set_registered_model_alias(name, PRODUCTION, candidate.version)

@@ -1,0 +1,413 @@
+"""Evaluate stage: entity-level scores, confidence interval, error analysis, plots and reports.
+
+Scores are seqeval's: `conlleval` mode (seqeval's default, the number papers report) and `strict` IOB2 mode, with
+per-type precision/recall/F1/support and token accuracy. Beyond those: span-only F1 (boundaries right, type
+ignored), a bootstrap confidence interval for F1 over sentences, and error buckets per type.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter, defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from ner_pipeline.artifacts import Artifact, ArtifactStore, artifact_key, write_json_atomic
+from ner_pipeline.config import EvaluateConfig
+from ner_pipeline.spans import OUTSIDE, Span, extract_spans, split_tag
+
+logger = logging.getLogger(__name__)
+
+STAGE = "evaluate"
+VERSION = "1"
+Mode = Literal["conlleval", "strict"]
+Tags = list[list[str]]
+
+
+# --- scores --------------------------------------------------------------------------------------------------
+
+
+def entity_scores(gold: Tags, pred: Tags, mode: Mode = "conlleval") -> dict[str, Any]:
+    """Entity-level precision, recall, F1 overall (micro) and per type, with seqeval.
+
+    Args:
+        gold: Gold IOB2 tags per sentence.
+        pred: Predicted tags per sentence, same shape.
+        mode: `conlleval` (seqeval default: a stray I- starts an entity, like conlleval.pl) or `strict` (IOB2
+            scheme: only well-formed entities count).
+    """
+    from seqeval.metrics import classification_report
+    from seqeval.scheme import IOB2
+
+    kwargs: dict[str, Any] = {"mode": "strict", "scheme": IOB2} if mode == "strict" else {}
+    report = classification_report(gold, pred, output_dict=True, zero_division=0, **kwargs)
+    micro = report.get("micro avg", {"precision": 0.0, "recall": 0.0, "f1-score": 0.0, "support": 0})
+    per_type = {
+        name: {
+            "precision": float(v["precision"]),
+            "recall": float(v["recall"]),
+            "f1": float(v["f1-score"]),
+            "support": int(v["support"]),
+        }
+        for name, v in report.items()
+        if not name.endswith(" avg")
+    }
+    return {
+        "precision": float(micro["precision"]),
+        "recall": float(micro["recall"]),
+        "f1": float(micro["f1-score"]),
+        "support": int(micro["support"]),
+        "per_type": per_type,
+    }
+
+
+def token_accuracy(gold: Tags, pred: Tags) -> float:
+    total = sum(len(g) for g in gold)
+    right = sum(a == b for g, p in zip(gold, pred, strict=True) for a, b in zip(g, p, strict=True))
+    return right / total if total else 0.0
+
+
+def _f1(tp: float, fp: float, fn: float) -> float:
+    return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+
+
+def span_f1(gold: Tags, pred: Tags) -> float:
+    """F1 over entity boundaries alone: a predicted span counts if a gold span has the same start and end."""
+    tp = fp = fn = 0
+    for g, p in zip(gold, pred, strict=True):
+        gs = {(s.start, s.end) for s in extract_spans(g)}
+        ps = {(s.start, s.end) for s in extract_spans(p)}
+        tp += len(gs & ps)
+        fp += len(ps - gs)
+        fn += len(gs - ps)
+    return _f1(tp, fp, fn)
+
+
+def sentence_counts(gold: Tags, pred: Tags) -> np.ndarray:
+    """Per sentence (tp, fp, fn) of exact entity matches, as conlleval counts them."""
+    rows = []
+    for g, p in zip(gold, pred, strict=True):
+        gs, ps = set(extract_spans(g)), set(extract_spans(p))
+        rows.append((len(gs & ps), len(ps - gs), len(gs - ps)))
+    return np.array(rows, dtype=np.int64).reshape(-1, 3)
+
+
+def bootstrap_f1(gold: Tags, pred: Tags, samples: int, confidence: float, seed: int) -> tuple[float, float]:
+    """Percentile bootstrap interval for micro F1, resampling sentences with replacement.
+
+    Per-sentence counts are computed once; each resample only sums them, so 1,000 resamples take milliseconds.
+    """
+    counts = sentence_counts(gold, pred)
+    if samples <= 0 or len(counts) == 0:
+        f1 = _f1(*counts.sum(axis=0)) if len(counts) else 0.0
+        return f1, f1
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(counts), size=(samples, len(counts)))
+    totals = counts[picks].sum(axis=1)  # samples x 3
+    tp, fp, fn = totals[:, 0], totals[:, 1], totals[:, 2]
+    denom = 2 * tp + fp + fn
+    f1s = np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0)
+    alpha = (1 - confidence) / 2
+    return float(np.quantile(f1s, alpha)), float(np.quantile(f1s, 1 - alpha))
+
+
+BUCKETS = ("boundary", "type", "missed", "spurious")
+
+
+def error_buckets(gold: Tags, pred: Tags) -> dict[str, dict[str, int]]:
+    """Count errors per entity type.
+
+    Rules, for every gold span G and predicted span P that are not an exact match (same start, end and type):
+    - type error: P has G's exact boundaries but another type (counted under G's type);
+    - boundary error: P overlaps G with the same type but other boundaries (counted under that type);
+    - missed: G overlaps no predicted span of its type and no same-boundary span (counted under G's type);
+    - spurious: P overlaps no gold span at all (counted under P's type).
+    A predicted span overlapping gold of another type with other boundaries is counted as a type error of G.
+    """
+    counts: dict[str, Counter[str]] = defaultdict(Counter)
+    for g_tags, p_tags in zip(gold, pred, strict=True):
+        gs, ps = extract_spans(g_tags), extract_spans(p_tags)
+        exact = set(gs) & set(ps)
+        for g in gs:
+            if g in exact:
+                continue
+            overlapping = [p for p in ps if p.start < g.end and g.start < p.end and p not in exact]
+            if any(p.label == g.label for p in overlapping):
+                counts[g.label]["boundary"] += 1
+            elif overlapping:
+                counts[g.label]["type"] += 1
+            else:
+                counts[g.label]["missed"] += 1
+        for p in ps:
+            if p not in exact and not any(p.start < g.end and g.start < p.end for g in gs):
+                counts[p.label]["spurious"] += 1
+    return {t: {b: c[b] for b in BUCKETS} for t, c in sorted(counts.items())}
+
+
+def score_split(gold: Tags, pred: Tags, cfg: EvaluateConfig, known_types: set[str] | None = None) -> dict[str, Any]:
+    """Every number the report shows for one split."""
+    conll = entity_scores(gold, pred, "conlleval")
+    strict = entity_scores(gold, pred, "strict")
+    low, high = bootstrap_f1(gold, pred, cfg.bootstrap_samples, cfg.confidence, cfg.seed)
+    gold_types = {s.label for g in gold for s in extract_spans(g)}
+    return {
+        "sentences": len(gold),
+        "conlleval": conll,
+        "strict": strict,
+        "token_accuracy": token_accuracy(gold, pred),
+        "span_f1": span_f1(gold, pred),
+        "f1_ci": {"low": low, "high": high, "confidence": cfg.confidence, "samples": cfg.bootstrap_samples},
+        "errors": error_buckets(gold, pred),
+        "unknown_types": sorted(gold_types - known_types) if known_types is not None else [],
+    }
+
+
+# --- report ----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EvalReport:
+    """Scores per split plus the sentences behind the errors."""
+
+    splits: dict[str, dict[str, Any]]
+    worst: list[dict[str, Any]] = field(default_factory=list)
+    model: str = ""
+
+    def flat_metrics(self) -> dict[str, float]:
+        """validation_f1, test_f1, test_f1_strict, ..., test_f1_<TYPE>: what MLflow and the registry record."""
+        out: dict[str, float] = {}
+        for split, s in self.splits.items():
+            out[f"{split}_f1"] = s["conlleval"]["f1"]
+            out[f"{split}_f1_strict"] = s["strict"]["f1"]
+            out[f"{split}_precision"] = s["conlleval"]["precision"]
+            out[f"{split}_recall"] = s["conlleval"]["recall"]
+            out[f"{split}_token_accuracy"] = s["token_accuracy"]
+            out[f"{split}_span_f1"] = s["span_f1"]
+            out[f"{split}_f1_ci_low"] = s["f1_ci"]["low"]
+            out[f"{split}_f1_ci_high"] = s["f1_ci"]["high"]
+            for entity, v in s["conlleval"]["per_type"].items():
+                out[f"{split}_f1_{entity}"] = v["f1"]
+        return {k: round(float(v), 6) for k, v in out.items()}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "splits": self.splits}
+
+    def to_markdown(self) -> str:
+        lines = [f"# Evaluation{f' of {self.model}' if self.model else ''}", ""]
+        for split, s in self.splits.items():
+            conll, strict, ci = s["conlleval"], s["strict"], s["f1_ci"]
+            lines += [
+                f"## {split} ({s['sentences']:,} sentences)",
+                "",
+                "| metric | value |",
+                "|---|---|",
+                f"| F1 (conlleval) | {conll['f1']:.4f} |",
+                f"| {ci['confidence']:.0%} bootstrap CI | {ci['low']:.4f} – {ci['high']:.4f} |",
+                f"| precision / recall | {conll['precision']:.4f} / {conll['recall']:.4f} |",
+                f"| F1 (strict IOB2) | {strict['f1']:.4f} |",
+                f"| span F1 (type ignored) | {s['span_f1']:.4f} |",
+                f"| token accuracy | {s['token_accuracy']:.4f} |",
+                "",
+                "| type | precision | recall | F1 | support | boundary | type err | missed | spurious |",
+                "|---|---|---|---|---|---|---|---|---|",
+            ]
+            for entity, v in sorted(conll["per_type"].items()):
+                e = s["errors"].get(entity, dict.fromkeys(BUCKETS, 0))
+                lines.append(
+                    f"| {entity} | {v['precision']:.4f} | {v['recall']:.4f} | {v['f1']:.4f} | {v['support']} "
+                    f"| {e['boundary']} | {e['type']} | {e['missed']} | {e['spurious']} |"
+                )
+            if s["unknown_types"]:
+                lines += [
+                    "",
+                    f"Gold types the model does not know (counted as misses): {', '.join(s['unknown_types'])}",
+                ]
+            lines.append("")
+        return "\n".join(lines)
+
+
+def worst_sentences(tokens: list[list[str]], gold: Tags, pred: Tags, limit: int) -> list[dict[str, Any]]:
+    """The sentences whose predicted spans differ most from gold (false positives plus false negatives)."""
+
+    def show(spans: list[Span], words: list[str]) -> list[dict[str, Any]]:
+        return [
+            {"label": s.label, "start": s.start, "end": s.end, "text": " ".join(words[s.start : s.end])} for s in spans
+        ]
+
+    scored = []
+    for i, (words, g, p) in enumerate(zip(tokens, gold, pred, strict=True)):
+        gs, ps = set(extract_spans(g)), set(extract_spans(p))
+        wrong = len(gs ^ ps)
+        if wrong:
+            scored.append((wrong, i, words, sorted(gs), sorted(ps)))
+    scored.sort(key=lambda r: (-r[0], r[1]))
+    return [
+        {"index": i, "wrong_spans": n, "tokens": words, "gold": show(gs, words), "predicted": show(ps, words)}
+        for n, i, words, gs, ps in scored[:limit]
+    ]
+
+
+def entity_type(tag: str) -> str:
+    return OUTSIDE if tag == OUTSIDE else str(split_tag(tag)[1])
+
+
+def plot_confusion(gold: Tags, pred: Tags, path: Path) -> None:
+    """Token-level confusion matrix by entity type (B-/I- merged), rows normalised to gold."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pairs = [
+        (entity_type(a), entity_type(b)) for g, p in zip(gold, pred, strict=True) for a, b in zip(g, p, strict=True)
+    ]
+    names = sorted({x for pair in pairs for x in pair} - {OUTSIDE}) + [OUTSIDE]
+    index = {n: i for i, n in enumerate(names)}
+    matrix = np.zeros((len(names), len(names)))
+    for a, b in pairs:
+        matrix[index[a], index[b]] += 1
+    norm = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    size = max(4.0, 0.6 * len(names) + 2)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    image = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("gold")
+    for i in range(len(names)):
+        for j in range(len(names)):
+            if matrix[i, j]:
+                ax.text(
+                    j,
+                    i,
+                    f"{norm[i, j]:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if norm[i, j] > 0.5 else "black",
+                )
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    ax.set_title("Token confusion (row-normalised)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_f1_by_type(splits: Mapping[str, dict[str, Any]], path: Path) -> None:
+    """Bar chart of per-type F1 (conlleval) for each split."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    types = sorted({t for s in splits.values() for t in s["conlleval"]["per_type"]})
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(types) + 2), 4))
+    width = 0.8 / max(len(splits), 1)
+    for k, (split, s) in enumerate(splits.items()):
+        values = [s["conlleval"]["per_type"].get(t, {}).get("f1", 0.0) for t in types]
+        ax.bar(np.arange(len(types)) + k * width, values, width, label=split)
+    ax.set_xticks(np.arange(len(types)) + width * (len(splits) - 1) / 2, types, rotation=30, ha="right")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("F1")
+    ax.set_title("Entity F1 by type (conlleval)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_report(
+    report: EvalReport, folder: Path, tokens: list[list[str]], gold: Tags, pred: Tags, cfg: EvaluateConfig
+) -> None:
+    """Write report.json, report.md, errors.jsonl and the two plots (for the last split scored)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    report.worst = worst_sentences(tokens, gold, pred, cfg.worst_sentences)
+    write_json_atomic(folder / "report.json", report.to_dict())
+    (folder / "report.md").write_text(report.to_markdown(), encoding="utf-8")
+    with (folder / "errors.jsonl").open("w", encoding="utf-8") as handle:
+        for row in report.worst:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    plot_confusion(gold, pred, folder / "confusion_matrix.png")
+    plot_f1_by_type(report.splits, folder / "f1_by_type.png")
+
+
+# --- predicting and the stage ------------------------------------------------------------------------------------
+
+
+def predict_split(predictor: Any, tokens: list[list[str]], doc_ids: Sequence[int] | None = None) -> Tags:
+    """Word labels for a split, with document context when the model was trained with it."""
+    from ner_pipeline.tokenize import document_neighbours
+
+    contexts = None
+    if doc_ids is not None and predictor.prep.document_context:
+        contexts = []
+        for i in range(len(tokens)):
+            before, after = document_neighbours(doc_ids, i)
+            contexts.append(([w for b in before for w in tokens[b]], [w for a in after for w in tokens[a]]))
+    return predictor.predict_words(tokens, contexts)
+
+
+def evaluate_key(cfg: EvaluateConfig, ingest_key: str, train_key: str) -> str:
+    return artifact_key(STAGE, VERSION, cfg, {"ingest": ingest_key, "train": train_key})
+
+
+def run_evaluate(
+    cfg: EvaluateConfig, ingest_artifact: Artifact, train_artifact: Artifact, store: ArtifactStore
+) -> Artifact:
+    """Score the trained model on validation and test; write reports and plots; flat metrics as stats."""
+    from ner_pipeline.ingest import load_splits, read_labels
+    from ner_pipeline.predict import Predictor
+
+    key = evaluate_key(cfg, ingest_artifact.key, train_artifact.key)
+
+    def produce(folder: Path) -> dict[str, Any]:
+        predictor = Predictor.load(train_artifact.path / "model", batch_size=cfg.batch_size)
+        data = load_splits(ingest_artifact)
+        names = read_labels(ingest_artifact)
+        known = {entity_type(t) for t in names} - {OUTSIDE}
+        report = EvalReport(splits={}, model=f"train/{train_artifact.key}")
+        for split in ("validation", "test"):
+            tokens = data[split]["tokens"]
+            gold = [[names[i] for i in row] for row in data[split]["ner_tags"]]
+            pred = predict_split(predictor, tokens, data[split]["document_id"])
+            report.splits[split] = score_split(gold, pred, cfg, known)
+            logger.info("%s F1 %.4f (conlleval)", split, report.splits[split]["conlleval"]["f1"])
+        write_report(report, folder, tokens, gold, pred, cfg)
+        return report.flat_metrics()
+
+    return store.build(
+        STAGE, key, produce, inputs={"ingest": ingest_artifact.key, "train": train_artifact.key}, config=cfg
+    )
+
+
+def evaluate_model(model_dir: Path, splits: Mapping[str, list[Any]], cfg: EvaluateConfig, out_dir: Path) -> EvalReport:
+    """Score a model folder on sentences from any source (`ingest.read_evaluation_data`); write the report.
+
+    Gold types the model does not know are listed in the report and count as misses.
+    """
+    from ner_pipeline.predict import Predictor
+
+    predictor = Predictor.load(Path(model_dir), batch_size=cfg.batch_size)
+    known = {entity_type(t) for t in predictor.labels} - {OUTSIDE}
+    report = EvalReport(splits={}, model=str(model_dir))
+    tokens: list[list[str]] = []
+    gold: Tags = []
+    pred: Tags = []
+    for split, sentences in splits.items():
+        tokens = [s.tokens for s in sentences]
+        gold = [s.tags for s in sentences]
+        pred = predict_split(predictor, tokens, [s.document_id for s in sentences])
+        report.splits[split] = score_split(gold, pred, cfg, known)
+        if report.splits[split]["unknown_types"]:
+            logger.warning(
+                "%s: gold types unknown to the model, counted as misses: %s",
+                split,
+                report.splits[split]["unknown_types"],
+            )
+    write_report(report, Path(out_dir), tokens, gold, pred, cfg)
+    return report

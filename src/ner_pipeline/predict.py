@@ -1,0 +1,283 @@
+"""Inference: one predictor over backends `torch`, `onnx` and `onnx-int8`.
+
+Raw text is split into words with exact character offsets, encoded with the model's saved preprocessing contract
+(the same windows as training), run in length-sorted batches, and merged back to one label per word; entities
+carry label, surface text, start/end offsets into the original string, and a score. Pre-split words give one
+label per word (what evaluation uses).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import regex
+from pydantic import BaseModel
+
+from ner_pipeline.errors import ModelError, PredictError
+from ner_pipeline.spans import extract_spans
+from ner_pipeline.tokenize import Preprocessing, Window, encode_words, merge_windows, subwords_per_word
+
+logger = logging.getLogger(__name__)
+
+Aggregation = Literal["first", "average", "max"]
+BackendName = Literal["torch", "onnx", "onnx-int8"]
+# Words are runs of letters, marks (accents), digits and joiners; any other non-space character stands alone.
+WORD_PATTERN = regex.compile(r"[\p{L}\p{M}\p{N}_]+(?:['’\-.][\p{L}\p{M}\p{N}_]+)*|[^\s\p{L}\p{M}\p{N}_]\p{M}*")
+ONNX_FILES = {"onnx": "model.onnx", "onnx-int8": "model_quantized.onnx"}
+
+
+class Entity(BaseModel):
+    """An entity found in raw text."""
+
+    label: str
+    text: str
+    start: int
+    end: int
+    score: float
+
+
+class Backend(Protocol):
+    """Anything that maps padded token ids to logits."""
+
+    name: str
+
+    def logits(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray: ...
+
+
+class TorchBackend:
+    """PyTorch inference with the fine-tuned `AutoModelForTokenClassification`."""
+
+    name = "torch"
+
+    def __init__(self, model_dir: Path, threads: int | None = None) -> None:
+        import torch
+        from transformers import AutoModelForTokenClassification
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.model = AutoModelForTokenClassification.from_pretrained(str(model_dir)).eval()
+
+    def logits(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            out = self.model(input_ids=torch.from_numpy(input_ids), attention_mask=torch.from_numpy(attention_mask))
+        return out.logits.float().numpy()
+
+
+class OnnxBackend:
+    """ONNX Runtime inference on an exported graph (fp32, optimized or int8)."""
+
+    def __init__(self, path: Path, name: str = "onnx", threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        if not path.is_file():
+            raise ModelError(f"{path}: ONNX model not found; run the export stage (ner-pipeline run --only export)")
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.inputs = {i.name for i in self.session.get_inputs()}
+        self.name = name
+
+    def logits(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        feed = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if "token_type_ids" in self.inputs:
+            feed["token_type_ids"] = np.zeros_like(input_ids)
+        return self.session.run(["logits"], feed)[0]
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    shifted = np.exp(x - x.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
+
+
+def split_words(text: str) -> list[tuple[str, int, int]]:
+    """Words of raw text with their character offsets: `text[start:end] == word` always holds."""
+    return [(m.group(), m.start(), m.end()) for m in WORD_PATTERN.finditer(text)]
+
+
+@dataclass
+class _Job:
+    sentence: int
+    window: Window
+
+
+class Predictor:
+    """Tags raw texts or pre-split sentences with a fine-tuned model on a chosen backend."""
+
+    def __init__(self, backend: Backend, tokenizer: Any, prep: Preprocessing, batch_size: int = 32) -> None:
+        self.backend = backend
+        self.tokenizer = tokenizer
+        self.prep = prep
+        self.labels = prep.labels
+        self.batch_size = batch_size
+        self.pad_id = tokenizer.pad_token_id or 0
+
+    @classmethod
+    def load(
+        cls,
+        model_dir: Path,
+        backend: BackendName = "torch",
+        onnx_dir: Path | None = None,
+        threads: int | None = None,
+        batch_size: int = 32,
+    ) -> Predictor:
+        """Load a model folder written by the train stage (and, for ONNX backends, the export folder).
+
+        Raises:
+            ModelError: the folder lacks labels or preprocessing.json, or the ONNX file is missing.
+        """
+        from transformers import AutoConfig, AutoTokenizer
+
+        model_dir = Path(model_dir)
+        if not (model_dir / "config.json").is_file():
+            raise ModelError(f"{model_dir}: not a model folder (no config.json)")
+        config = AutoConfig.from_pretrained(str(model_dir))
+        prep = Preprocessing.load(model_dir)
+        names = [config.id2label[i] for i in range(len(config.id2label))] if config.id2label else []
+        if names != prep.labels:
+            raise ModelError(f"{model_dir}: config.json labels {names} differ from preprocessing.json {prep.labels}")
+        extra = {"add_prefix_space": True} if prep.add_prefix_space else {}
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir), use_fast=True, **extra)
+        engine: Backend
+        if backend == "torch":
+            engine = TorchBackend(model_dir, threads)
+        elif backend in ONNX_FILES:
+            engine = OnnxBackend(Path(onnx_dir or model_dir) / ONNX_FILES[backend], backend, threads)
+        else:
+            raise ModelError(f"backend must be torch, onnx or onnx-int8 (got {backend!r})")
+        return cls(engine, tokenizer, prep, batch_size)
+
+    # --- words -------------------------------------------------------------------------------------------------
+
+    def word_probabilities(
+        self,
+        sentences: Sequence[Sequence[str]],
+        contexts: Sequence[tuple[Sequence[str], Sequence[str]]] | None = None,
+        aggregation: Aggregation = "first",
+    ) -> list[np.ndarray]:
+        """Label probabilities per word (n_words x n_labels) for each sentence.
+
+        Args:
+            sentences: Pre-split words.
+            contexts: Left/right context words per sentence (used when the model was trained with context).
+            aggregation: How subword probabilities make a word's: its first subword, their average, or the
+                subword with the highest score (as in Hugging Face pipelines).
+        """
+        self._check(sentences)
+        pieces = subwords_per_word(self.tokenizer, [list(s) for s in sentences if s])
+        pieces_iter = iter(pieces)
+        jobs: list[_Job] = []
+        for i, words in enumerate(sentences):
+            if not words:
+                continue
+            left, right = contexts[i] if contexts and self.prep.document_context else ((), ())
+            for window in encode_words(words, self.tokenizer, self.prep, None, left, right, next(pieces_iter)):
+                jobs.append(_Job(i, window))
+        probs = self._run([j.window.input_ids for j in jobs])
+        per_sentence: dict[int, tuple[list[list[int]], list[list[np.ndarray | None]]]] = {}
+        for job, p in zip(jobs, probs, strict=True):
+            ids, values = per_sentence.setdefault(job.sentence, ([], []))
+            ids.append(job.window.word_ids)
+            values.append(_aggregate(job.window.word_ids, p, aggregation))
+        result = []
+        for i, words in enumerate(sentences):
+            if not words:
+                result.append(np.zeros((0, len(self.labels)), dtype=np.float32))
+                continue
+            ids, values = per_sentence[i]
+            result.append(np.stack(merge_windows(ids, values, len(words))))
+        return result
+
+    def predict_words(self, sentences: Sequence[Sequence[str]], contexts: Any = None) -> list[list[str]]:
+        """One IOB2 label per word for each pre-split sentence."""
+        return [[self.labels[k] for k in p.argmax(-1)] for p in self.word_probabilities(sentences, contexts)]
+
+    # --- raw text ------------------------------------------------------------------------------------------------
+
+    def predict(self, texts: str | Sequence[str], aggregation: Aggregation = "first") -> list[list[Entity]]:
+        """Entities in raw text, with character offsets into each original string.
+
+        Raises:
+            PredictError: an empty list or an item that is not a string.
+        """
+        if isinstance(texts, str):
+            texts = [texts]
+        if not isinstance(texts, Sequence) or len(texts) == 0:
+            raise PredictError("texts: expected a non-empty list of strings")
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise PredictError(f"texts[{i}]: expected a string, got {type(text).__name__}")
+        words = [split_words(t) for t in texts]
+        probs = self.word_probabilities([[w for w, _, _ in ws] for ws in words], aggregation=aggregation)
+        return [self._entities(t, ws, p) for t, ws, p in zip(texts, words, probs, strict=True)]
+
+    def _entities(self, text: str, words: list[tuple[str, int, int]], probs: np.ndarray) -> list[Entity]:
+        if not words:
+            return []
+        best = probs.argmax(-1)
+        tags = [self.labels[k] for k in best]
+        entities = []
+        for span in extract_spans(tags):
+            start, end = words[span.start][1], words[span.end - 1][2]
+            score = float(np.mean([probs[j, best[j]] for j in range(span.start, span.end)]))
+            entities.append(Entity(label=span.label, text=text[start:end], start=start, end=end, score=score))
+        return entities
+
+    # --- batching ----------------------------------------------------------------------------------------------
+
+    def _check(self, sentences: Sequence[Sequence[str]]) -> None:
+        if not isinstance(sentences, Sequence) or isinstance(sentences, str) or len(sentences) == 0:
+            raise PredictError("sentences: expected a non-empty list of word lists")
+        for i, words in enumerate(sentences):
+            if isinstance(words, str) or not all(isinstance(w, str) for w in words):
+                raise PredictError(f"sentences[{i}]: expected a list of strings")
+
+    def _run(self, sequences: list[list[int]]) -> list[np.ndarray]:
+        """Probabilities per token for each sequence, batched by length to limit padding."""
+        order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+        out: list[np.ndarray | None] = [None] * len(sequences)
+        for b in range(0, len(order), self.batch_size):
+            batch = order[b : b + self.batch_size]
+            width = max(len(sequences[i]) for i in batch)
+            ids = np.full((len(batch), width), self.pad_id, dtype=np.int64)
+            mask = np.zeros((len(batch), width), dtype=np.int64)
+            for row, i in enumerate(batch):
+                ids[row, : len(sequences[i])] = sequences[i]
+                mask[row, : len(sequences[i])] = 1
+            probs = softmax(self.backend.logits(ids, mask).astype(np.float32))
+            for row, i in enumerate(batch):
+                out[i] = probs[row, : len(sequences[i])]
+        return out  # type: ignore[return-value]
+
+
+def _aggregate(word_ids: Sequence[int], probs: np.ndarray, strategy: Aggregation) -> list[np.ndarray | None]:
+    """Per position: the word's aggregated probabilities at its first subword in this window, None elsewhere."""
+    values: list[np.ndarray | None] = [None] * len(word_ids)
+    i = 0
+    while i < len(word_ids):
+        w = word_ids[i]
+        if w < 0:
+            i += 1
+            continue
+        j = i
+        while j < len(word_ids) and word_ids[j] == w:
+            j += 1
+        block = probs[i:j]
+        if strategy == "first":
+            values[i] = block[0]
+        elif strategy == "average":
+            values[i] = block.mean(axis=0)
+        elif strategy == "max":
+            values[i] = block[block.max(axis=-1).argmax()]
+        else:
+            raise PredictError(f"aggregation must be first, average or max (got {strategy!r})")
+        i = j
+    return values
