@@ -266,7 +266,7 @@ def plot_confusion(gold: Tags, pred: Tags, path: Path) -> None:
     pairs = [
         (entity_type(a), entity_type(b)) for g, p in zip(gold, pred, strict=True) for a, b in zip(g, p, strict=True)
     ]
-    names = sorted({x for pair in pairs for x in pair} - {OUTSIDE}) + [OUTSIDE]
+    names = [*sorted({x for pair in pairs for x in pair} - {OUTSIDE}), OUTSIDE]
     index = {n: i for i, n in enumerate(names)}
     matrix = np.zeros((len(names), len(names)))
     for a, b in pairs:
