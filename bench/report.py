@@ -15,7 +15,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 DOC = ROOT / "docs" / "BENCHMARKS.md"
-HEADER = "# Benchmarks\n\nEach section is rewritten by the benchmark that owns it; numbers are medians of the repeats.\n"
+HEADER = (
+    "# Benchmarks\n\nEach section is rewritten by the benchmark that owns it; numbers are medians of the repeats.\n"
+)
 
 
 def machine() -> str:
@@ -35,7 +37,9 @@ def machine() -> str:
 
 def git_commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
     except OSError:
         return "unknown"
 

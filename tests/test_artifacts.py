@@ -103,9 +103,7 @@ def _slow_build(root: str, value: str, out: str) -> None:
 def test_two_processes_building_one_key_end_with_one_artifact(tmp_path: Path):
     ctx = multiprocessing.get_context("fork")
     procs = [
-        ctx.Process(
-            target=_slow_build, args=(str(tmp_path / "root"), f"p{i}", str(tmp_path / f"out{i}.json"))
-        )
+        ctx.Process(target=_slow_build, args=(str(tmp_path / "root"), f"p{i}", str(tmp_path / f"out{i}.json")))
         for i in range(2)
     ]
     for p in procs:

@@ -125,7 +125,7 @@ def test_deployed_flow_runs_through_a_worker_and_a_second_run_is_served_from_cac
     assert trigger_and_work(env, project, overrides) == "Completed"
     artifacts = tmp_path / "artifacts"
     built = {p.parent.name: p for p in artifacts.glob("*/*/manifest.json")}
-    assert set(built) == {"ingest", "tokenize", "train", "evaluate", "register"}
+    assert set(built) == {"ingest", "tokenize", "train", "evaluate", "export", "register"}
     mtimes = {stage: path.stat().st_mtime for stage, path in built.items()}
 
     from mlflow import MlflowClient
@@ -149,4 +149,7 @@ def tiny_overrides(config: Path) -> dict[str, object]:
 
     values = yaml.safe_load(config.read_text())
     values.pop("extends")
-    return {k: json.dumps(v) if isinstance(v, str | list) else ("null" if v is None else v) for k, v in flatten(values).items()}
+    return {
+        k: json.dumps(v) if isinstance(v, str | list) else ("null" if v is None else v)
+        for k, v in flatten(values).items()
+    }

@@ -82,7 +82,9 @@ def wnut_setup(tmp_path_factory: pytest.TempPathFactory):
 
     def produce(folder: Path) -> dict:
         model_dir = build_tiny_model(folder / "model", labels=labels)
-        make_preprocessing(load_tokenizer(str(model_dir)), TokenizeConfig(max_length=64, stride=8), labels).save(model_dir)
+        make_preprocessing(load_tokenizer(str(model_dir)), TokenizeConfig(max_length=64, stride=8), labels).save(
+            model_dir
+        )
         return {}
 
     train = store.build("train", "tiny-random", produce)
@@ -126,6 +128,8 @@ def test_cli_evaluate_scores_a_model_folder_on_one_file(wnut_setup, tmp_path: Pa
     shutil.copytree(train.path / "model", model)
     data = tmp_path / "test.conll"
     data.write_text("Obama B-person\nvisited O\nParis B-geo-loc\n\n")
-    result = CliRunner().invoke(app, ["evaluate", "--model", str(model), "--data", str(data), "--out", str(tmp_path / "r")])
+    result = CliRunner().invoke(
+        app, ["evaluate", "--model", str(model), "--data", str(data), "--out", str(tmp_path / "r")]
+    )
     assert result.exit_code == 0, result.output
     assert "F1 (conlleval)" in result.output and (tmp_path / "r" / "report.md").is_file()

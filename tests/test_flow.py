@@ -32,7 +32,7 @@ def test_second_run_recomputes_nothing_and_a_hyperparameter_change_reruns_train_
 ):
     config = write_tiny_config(tmp_path, tiny_base_dir)
     first = run_flow(config)
-    assert first.computed == ["ingest", "tokenize", "train", "evaluate", "register"]
+    assert first.computed == ["ingest", "tokenize", "train", "evaluate", "export", "register"]
     assert first.registered == {"name": "ner-tiny", "version": "1"}
 
     second = run_flow(config)
@@ -41,14 +41,14 @@ def test_second_run_recomputes_nothing_and_a_hyperparameter_change_reruns_train_
     assert all(a.cached for a in second.stages.values())
 
     changed = run_flow(config, overrides=["train.learning_rate=1e-4"])
-    assert changed.computed == ["train", "evaluate", "register"]
+    assert changed.computed == ["train", "evaluate", "export", "register"]
     assert changed.stages["tokenize"].key == first.stages["tokenize"].key
     assert changed.stages["train"].key != first.stages["train"].key
     assert changed.registered == {"name": "ner-tiny", "version": "2"}
 
 
 def test_only_and_from_run_exactly_the_stages_asked_for(harness, tmp_path: Path, tiny_base_dir: Path):
-    config = write_tiny_config(tmp_path, tiny_base_dir, registry={"enabled": False})
+    config = write_tiny_config(tmp_path, tiny_base_dir, registry={"enabled": False}, export={"enabled": False})
     run_flow(config)
     store = ArtifactStore(tmp_path / "artifacts")
     evaluated = store.list()[-1]
@@ -66,7 +66,7 @@ def test_only_and_from_run_exactly_the_stages_asked_for(harness, tmp_path: Path,
 def test_only_a_stage_whose_upstream_is_missing_says_which_stage_to_run(harness, tmp_path: Path, tiny_base_dir: Path):
     from ner_pipeline.errors import ArtifactError
 
-    config = write_tiny_config(tmp_path, tiny_base_dir, registry={"enabled": False})
+    config = write_tiny_config(tmp_path, tiny_base_dir, registry={"enabled": False}, export={"enabled": False})
     with pytest.raises(ArtifactError, match="run the 'ingest' stage first"):
         run_flow(config, only=["evaluate"])
 
@@ -79,7 +79,7 @@ def test_failing_stage_keeps_earlier_artifacts_and_the_rerun_picks_up_there(
     weights = model / "model.safetensors"
     good = weights.read_bytes()
     weights.write_bytes(b"not a safetensors file")  # the tokenizer still loads; training cannot
-    config = write_tiny_config(tmp_path, model, registry={"enabled": False})
+    config = write_tiny_config(tmp_path, model, registry={"enabled": False}, export={"enabled": False})
     with pytest.raises(Exception):  # noqa: B017 - whatever transformers raises for corrupt weights
         run_flow(config)
     store = ArtifactStore(tmp_path / "artifacts")

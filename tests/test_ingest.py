@@ -136,7 +136,7 @@ def test_jsonl_reader_and_its_errors(tmp_path: Path):
 
 def test_wnut16_split_is_deterministic_disjoint_and_complete():
     cfg = DataConfig(source="wnut16", path=None, scheme="iob2")
-    splits, labels, stats = build_splits(cfg)
+    splits, labels, _ = build_splits(cfg)
     again, _, _ = build_splits(cfg)
     sizes = {k: len(v) for k, v in splits.items()}
     assert sum(sizes.values()) == 2394
@@ -153,10 +153,15 @@ def test_hub_source_maps_class_label_ids_to_names(monkeypatch: pytest.MonkeyPatc
 
     names = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
     features = datasets.Features(
-        {"tokens": datasets.Sequence(datasets.Value("string")), "ner_tags": datasets.Sequence(datasets.ClassLabel(names=names))}
+        {
+            "tokens": datasets.Sequence(datasets.Value("string")),
+            "ner_tags": datasets.Sequence(datasets.ClassLabel(names=names)),
+        }
     )
     rows = {"tokens": [["EU", "rejects", "German", "call"], ["Peter", "Blackburn"]], "ner_tags": [[3, 0, 7, 0], [1, 2]]}
-    fake = datasets.DatasetDict({s: datasets.Dataset.from_dict(rows, features=features) for s in ("train", "validation", "test")})
+    fake = datasets.DatasetDict(
+        {s: datasets.Dataset.from_dict(rows, features=features) for s in ("train", "validation", "test")}
+    )
     calls = []
 
     def fake_load_dataset(path, name=None, revision=None):
@@ -217,7 +222,16 @@ def test_cli_ingest_prints_one_line_for_a_malformed_file(tmp_path: Path):
 
     folder = conll_folder(tmp_path / "d", "John B-PER\nbroken\n")
     result = CliRunner().invoke(
-        app, ["ingest", "--set", "data.source=conll", "--set", f"data.path={folder}", "--set", f"artifacts_root={tmp_path}/a"]
+        app,
+        [
+            "ingest",
+            "--set",
+            "data.source=conll",
+            "--set",
+            f"data.path={folder}",
+            "--set",
+            f"artifacts_root={tmp_path}/a",
+        ],
     )
     assert result.exit_code == 1
     assert "train.txt line 2: expected at least 2 columns" in result.output

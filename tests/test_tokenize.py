@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -53,7 +54,9 @@ def test_first_subword_is_labelled_and_the_rest_ignored(tokenizer):
 
 
 def test_all_subwords_mode_continues_b_as_i(tokenizer):
-    [window] = encode_words(["Schwarzenegger", "visited"], tokenizer, prep_for(tokenizer, label_all_subwords=True), [1, 0])
+    [window] = encode_words(
+        ["Schwarzenegger", "visited"], tokenizer, prep_for(tokenizer, label_all_subwords=True), [1, 0]
+    )
     name_labels = [label for word, label in zip(window.word_ids, window.labels, strict=True) if word == 0]
     assert name_labels[0] == 1 and set(name_labels[1:]) == {2}
 
@@ -82,7 +85,7 @@ def test_merge_prefers_the_window_where_a_word_has_most_context():
 def test_window_spans_overlap_by_at_least_stride_tokens():
     spans = window_spans([2] * 20, budget=10, stride=4)
     assert spans[0] == (0, 5)
-    assert all(b[0] <= a[1] - 2 for a, b in zip(spans, spans[1:], strict=False))
+    assert all(b[0] <= a[1] - 2 for a, b in itertools.pairwise(spans))
     assert spans[-1][1] == 20
 
 
@@ -95,8 +98,8 @@ def test_word_longer_than_a_window_is_truncated_not_lost(tokenizer):
 
 def test_document_context_is_unlabelled_and_within_budget(tokenizer):
     prep = prep_for(tokenizer, max_length=24, stride=4, document_context=True)
-    left = "the day before yesterday it rained hard all over the city".split() * 2
-    right = "and then the sun came out again today over the river".split() * 2
+    left = ["the", "day", "before", "yesterday", "it", "rained", "hard", "all", "over", "the", "city"] * 2
+    right = ["and", "then", "the", "sun", "came", "out", "again", "today", "over", "the", "river"] * 2
     [window] = encode_words(["Paris", "flooded"], tokenizer, prep, [3, 0], left, right)
     assert len(window.input_ids) == 24
     context = [i for i, w in enumerate(window.word_ids) if w < 0][1:-1]
@@ -109,7 +112,7 @@ def test_preprocessing_round_trip_and_missing_file(tmp_path: Path, tokenizer):
     prep = prep_for(tokenizer, max_length=64, stride=8)
     prep.save(tmp_path)
     assert Preprocessing.load(tmp_path) == prep
-    with pytest.raises(ModelError, match="no preprocessing.json"):
+    with pytest.raises(ModelError, match=r"no preprocessing\.json"):
         Preprocessing.load(tmp_path / "elsewhere")
 
 
@@ -127,7 +130,14 @@ def test_stage_on_real_data_is_cached_and_changes_with_its_config(tmp_path: Path
     other = run_tokenize(model, TokenizeConfig(max_length=32, stride=8), ingest, store)
     assert other.key != first.key and not other.cached
     data = load_tokenized(first)
-    assert set(data["train"].column_names) >= {"input_ids", "attention_mask", "labels", "word_ids", "sentence_id", "window"}
+    assert set(data["train"].column_names) >= {
+        "input_ids",
+        "attention_mask",
+        "labels",
+        "word_ids",
+        "sentence_id",
+        "window",
+    }
     assert data["train"].num_rows >= 1915
     assert (first.path / "tokenizer" / "tokenizer.json").is_file()
     assert Preprocessing.load(first.path).labels[0] == "O"

@@ -128,9 +128,12 @@ def next_steps(summary: Any) -> str:
         name, version = summary.registered["name"], summary.registered["version"]
         lines.append(f"  Registered: models:/{name}/{version} (alias challenger)")
         lines.append(f"  Promote:    ner-pipeline promote --model {name} --version {version}")
-    missing = [s for s in ("export", "serve") if s not in summary.stages]
-    if missing:
-        lines.append(f"  Not yet built in this version of ner-pipeline: {', '.join(missing)}.")
+    if summary.onnx_dir:
+        lines.append(f"  ONNX:       {summary.onnx_dir}")
+    if summary.registered:
+        lines.append(f"  Serve:      ner-pipeline serve --model models:/{summary.registered['name']}@production")
+    elif trained is not None:
+        lines.append(f"  Serve:      ner-pipeline serve --model {trained.path / 'model'}")
     return "\n".join(lines)
 
 

@@ -160,6 +160,9 @@ class ExportConfig(_Section):
     opset: int = Field(17, ge=11)
     optimize: bool = True
     quantize: bool = True
+    quantization: Literal["auto", "avx2", "avx512", "avx512_vnni", "arm64"] = Field(
+        "auto", description="Instruction set the int8 graph targets; auto picks the best this CPU has."
+    )
     f1_tolerance: float = Field(0.005, ge=0, description="Largest F1 drop a variant may show (0.005 = 0.5 pt).")
     parity_sentences: int | None = Field(None, gt=0, description="Validation sentences for parity (None: all).")
 

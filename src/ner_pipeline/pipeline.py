@@ -83,6 +83,17 @@ def _evaluate_spec() -> StageSpec:
     )
 
 
+def _export_spec() -> StageSpec:
+    from ner_pipeline import export
+
+    return StageSpec(
+        "export",
+        ("ingest", "train"),
+        key=lambda cfg, up, ctx: export.export_key(cfg.export, up["ingest"].key, up["train"].key),
+        run=lambda cfg, up, store, ctx: export.run_export(cfg.export, up["ingest"], up["train"], store),
+    )
+
+
 def _register_spec() -> StageSpec:
     from ner_pipeline import registry
 
@@ -93,7 +104,8 @@ def _register_spec() -> StageSpec:
         extra = {"model.base": cfg.model.name_or_path, "config.name": cfg.name, "config.hash": cfg.fingerprint()}
         return registry.run_register(cfg.registry, up, store, _uri(ctx), ctx.run_id, extra)
 
-    return StageSpec("register", ("ingest", "train", "evaluate"), key=key, run=run)
+    # export is used when the config enables it (its ONNX files travel with the registered model)
+    return StageSpec("register", ("ingest", "train", "evaluate", "export"), key=key, run=run)
 
 
 def _uri(ctx: RunContext) -> str:
@@ -107,6 +119,7 @@ SPEC_FACTORIES: dict[str, Callable[[], StageSpec]] = {
     "tokenize": _tokenize_spec,
     "train": _train_spec,
     "evaluate": _evaluate_spec,
+    "export": _export_spec,
     "register": _register_spec,
 }
 STAGES: tuple[str, ...] = tuple(SPEC_FACTORIES)
@@ -210,7 +223,7 @@ def run_pipeline(
     selected = set(stages or STAGES)
     done: dict[str, Artifact] = {}
     for name in plan(config, list(selected)):
-        upstream = {u: done[u] for u in spec(name).upstream}
+        upstream = {u: done[u] for u in spec(name).upstream if u in done}
         runner = run_stage if name in selected else lookup_stage
         done[name] = runner(name, config, upstream, store, ctx)
         if on_stage is not None:
@@ -239,6 +252,11 @@ class RunSummary:
         return {k: str(artifact.stats[k]) for k in ("name", "version")} if artifact else None
 
     @property
+    def onnx_dir(self) -> str | None:
+        artifact = self.stages.get("export")
+        return str(artifact.path) if artifact else None
+
+    @property
     def metrics(self) -> dict[str, float]:
         evaluated = self.stages.get("evaluate")
         stats = evaluated.stats if evaluated else {}
@@ -258,6 +276,11 @@ class RunSummary:
         if self.metrics:
             lines += ["", "| metric | value |", "|---|---|"]
             lines += [f"| {k} | {v:.4f} |" for k, v in self.metrics.items()]
+        if self.onnx_dir:
+            lines += [
+                "",
+                f"ONNX variants in `{self.onnx_dir}` (serving default: {self.stages['export'].stats.get('default')}).",
+            ]
         if self.registered:
             lines += ["", f"Registered model `{self.registered['name']}` version {self.registered['version']}."]
         if self.decision:

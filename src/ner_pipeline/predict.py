@@ -28,7 +28,8 @@ Aggregation = Literal["first", "average", "max"]
 BackendName = Literal["torch", "onnx", "onnx-int8"]
 # Words are runs of letters, marks (accents), digits and joiners; any other non-space character stands alone.
 WORD_PATTERN = regex.compile(r"[\p{L}\p{M}\p{N}_]+(?:['’\-.][\p{L}\p{M}\p{N}_]+)*|[^\s\p{L}\p{M}\p{N}_]\p{M}*")
-ONNX_FILES = {"onnx": "model.onnx", "onnx-int8": "model_quantized.onnx"}
+# backend → ONNX files to try, best first (the graph-optimized fp32 file when the export made one)
+ONNX_FILES = {"onnx": ("model_optimized.onnx", "model.onnx"), "onnx-int8": ("model_quantized.onnx",)}
 
 
 class Entity(BaseModel):
@@ -150,7 +151,11 @@ class Predictor:
         if backend == "torch":
             engine = TorchBackend(model_dir, threads)
         elif backend in ONNX_FILES:
-            engine = OnnxBackend(Path(onnx_dir or model_dir) / ONNX_FILES[backend], backend, threads)
+            folder = Path(onnx_dir or model_dir)
+            found = next(
+                (folder / f for f in ONNX_FILES[backend] if (folder / f).is_file()), folder / ONNX_FILES[backend][-1]
+            )
+            engine = OnnxBackend(found, backend, threads)
         else:
             raise ModelError(f"backend must be torch, onnx or onnx-int8 (got {backend!r})")
         return cls(engine, tokenizer, prep, batch_size)

@@ -327,12 +327,12 @@ def _entity_dict(entity: Any) -> dict[str, Any]:
 
 
 def choose_backend(requested: str, parity: dict[str, Any] | None) -> str:
-    """auto → onnx-int8 when its parity check passed, else onnx when exported, else torch."""
+    """auto → onnx-int8 when its parity check passed, else onnx (optimized or plain) when accepted, else torch."""
     if requested != "auto":
         return requested
-    variants = (parity or {}).get("variants", {})
-    if variants.get("onnx-int8", {}).get("accepted"):
+    report = parity or {}
+    if report.get("onnx-int8", {}).get("accepted"):
         return "onnx-int8"
-    if variants.get("onnx", {}).get("accepted"):
+    if any(report.get(v, {}).get("accepted") for v in ("onnx-optimized", "onnx")):
         return "onnx"
     return "torch"

@@ -192,6 +192,22 @@ def plot_history(history: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def trainer_class() -> type:
+    """`Trainer` that keeps evaluation in dataset order.
+
+    transformers 4.57 applies `group_by_length` to the evaluation sampler too, which shuffles predictions; the
+    word-level scorer maps windows back to sentences by row, so evaluation must stay sequential.
+    """
+    from torch.utils.data import SequentialSampler
+    from transformers import Trainer
+
+    class OrderedEvalTrainer(Trainer):
+        def _get_eval_sampler(self, eval_dataset: Any) -> Any:
+            return SequentialSampler(eval_dataset)
+
+    return OrderedEvalTrainer
+
+
 @dataclass
 class FitResult:
     trainer: Any
@@ -209,7 +225,6 @@ def fit(model_cfg: ModelConfig, train_cfg: TrainConfig, tokenize_artifact: Artif
         AutoTokenizer,
         DataCollatorForTokenClassification,
         EarlyStoppingCallback,
-        Trainer,
         set_seed,
     )
 
@@ -230,7 +245,7 @@ def fit(model_cfg: ModelConfig, train_cfg: TrainConfig, tokenize_artifact: Artif
     )
     args = training_arguments(train_cfg, work / "checkpoints")
     callbacks = [EarlyStoppingCallback(train_cfg.early_stopping_patience)] if train_cfg.early_stopping_patience else []
-    trainer = Trainer(
+    trainer = trainer_class()(
         model=model,
         args=args,
         train_dataset=train_split.select_columns(MODEL_INPUTS),
