@@ -111,3 +111,27 @@ def write_tiny_config(folder: Path, base_model: Path, **sections: dict) -> Path:
     path = folder / "tiny.yaml"
     path.write_text(yaml.safe_dump(values))
     return path
+
+
+@pytest.fixture(scope="session")
+def wnut_tiny(tmp_path_factory: pytest.TempPathFactory):
+    """A WNUT-16 ingest artifact and a 'train' artifact holding a tiny random model with its labels and contract."""
+    from ner_pipeline.artifacts import ArtifactStore
+    from ner_pipeline.config import DataConfig, TokenizeConfig
+    from ner_pipeline.ingest import read_labels, run_ingest
+    from ner_pipeline.tokenize import load_tokenizer, make_preprocessing
+
+    store = ArtifactStore(tmp_path_factory.mktemp("wnut-tiny") / "artifacts")
+    ingest = run_ingest(DataConfig(source="wnut16", path=None), store)
+    labels = read_labels(ingest)
+
+    def produce(folder: Path) -> dict:
+        import torch
+
+        torch.manual_seed(1)
+        model_dir = build_tiny_model(folder / "model", labels=labels)
+        prep = make_preprocessing(load_tokenizer(str(model_dir)), TokenizeConfig(max_length=64, stride=8), labels)
+        prep.save(model_dir)
+        return {}
+
+    return store, ingest, store.build("train", "tiny-random", produce)

@@ -7,10 +7,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import build_tiny_model
 
-from ner_pipeline.artifacts import ArtifactStore
-from ner_pipeline.config import DataConfig, EvaluateConfig, TokenizeConfig
+from ner_pipeline.config import DataConfig, EvaluateConfig
 from ner_pipeline.evaluate import (
     bootstrap_f1,
     entity_scores,
@@ -20,8 +18,7 @@ from ner_pipeline.evaluate import (
     span_f1,
     token_accuracy,
 )
-from ner_pipeline.ingest import read_evaluation_data, read_labels, run_ingest
-from ner_pipeline.tokenize import load_tokenizer, make_preprocessing
+from ner_pipeline.ingest import read_evaluation_data
 
 # Sentence 1: PER predicted one word short (boundary error), LOC predicted as ORG (type error).
 # Sentence 2: exact. Sentence 3: a stray I-MISC, an entity for conlleval but not in strict IOB2.
@@ -72,27 +69,8 @@ def test_bootstrap_interval_brackets_the_estimate_and_is_seeded():
     assert (low, high) != bootstrap_f1(gold, pred, samples=500, confidence=0.95, seed=2)
 
 
-@pytest.fixture(scope="module")
-def wnut_setup(tmp_path_factory: pytest.TempPathFactory):
-    """A WNUT-16 ingest artifact and a 'train' artifact holding a tiny random model with its labels."""
-    root = tmp_path_factory.mktemp("eval")
-    store = ArtifactStore(root / "artifacts")
-    ingest = run_ingest(DataConfig(source="wnut16", path=None), store)
-    labels = read_labels(ingest)
-
-    def produce(folder: Path) -> dict:
-        model_dir = build_tiny_model(folder / "model", labels=labels)
-        make_preprocessing(load_tokenizer(str(model_dir)), TokenizeConfig(max_length=64, stride=8), labels).save(
-            model_dir
-        )
-        return {}
-
-    train = store.build("train", "tiny-random", produce)
-    return store, ingest, train
-
-
-def test_stage_writes_every_report_file_and_flat_metrics(wnut_setup):
-    store, ingest, train = wnut_setup
+def test_stage_writes_every_report_file_and_flat_metrics(wnut_tiny):
+    store, ingest, train = wnut_tiny
     artifact = run_evaluate(EvaluateConfig(bootstrap_samples=50, worst_sentences=5), ingest, train, store)
     for name in ("report.json", "report.md", "confusion_matrix.png", "f1_by_type.png", "errors.jsonl"):
         assert (artifact.path / name).is_file(), name
@@ -106,8 +84,8 @@ def test_stage_writes_every_report_file_and_flat_metrics(wnut_setup):
     assert {"tokens", "gold", "predicted"} <= set(json.loads(lines[0]))
 
 
-def test_unknown_gold_types_are_reported_and_counted_as_misses(wnut_setup, tmp_path: Path):
-    _, _, train = wnut_setup
+def test_unknown_gold_types_are_reported_and_counted_as_misses(wnut_tiny, tmp_path: Path):
+    _, _, train = wnut_tiny
     data = tmp_path / "new.conll"
     data.write_text("Zorblax B-alien\nlanded O\nin O\nParis B-geo-loc\n\n")
     splits = read_evaluation_data(str(data), DataConfig())
@@ -118,12 +96,12 @@ def test_unknown_gold_types_are_reported_and_counted_as_misses(wnut_setup, tmp_p
     assert "alien" in (tmp_path / "out" / "report.md").read_text()
 
 
-def test_cli_evaluate_scores_a_model_folder_on_one_file(wnut_setup, tmp_path: Path):
+def test_cli_evaluate_scores_a_model_folder_on_one_file(wnut_tiny, tmp_path: Path):
     from typer.testing import CliRunner
 
     from ner_pipeline.cli import app
 
-    _, _, train = wnut_setup
+    _, _, train = wnut_tiny
     model = tmp_path / "model"
     shutil.copytree(train.path / "model", model)
     data = tmp_path / "test.conll"

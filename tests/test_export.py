@@ -1,0 +1,76 @@
+"""Export: real optimum export, ONNX Runtime sessions, parity records, and one preprocessing contract."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ner_pipeline.config import EvaluateConfig, ExportConfig
+from ner_pipeline.evaluate import run_evaluate
+from ner_pipeline.export import PARITY_FILE, quantization_target, run_export, serving_default
+from ner_pipeline.ingest import load_splits
+from ner_pipeline.predict import Predictor, split_words
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def exported(wnut_tiny):
+    store, ingest, train = wnut_tiny
+    return run_export(ExportConfig(parity_sentences=60), ingest, train, store)
+
+
+def test_every_variant_is_written_with_a_parity_record(exported):
+    for name in ("model.onnx", "model_optimized.onnx", "model_quantized.onnx", "preprocessing.json", "tokenizer.json"):
+        assert (exported.path / name).is_file(), name
+    parity = json.loads((exported.path / PARITY_FILE).read_text())
+    assert parity["onnx"]["max_abs_logit_diff"] < 1e-3
+    assert parity["onnx-optimized"]["max_abs_logit_diff"] < 1e-2
+    assert "f1_delta" in parity["onnx-int8"] and "accepted" in parity["onnx-int8"]
+    assert parity["default"] == serving_default(parity)
+    assert exported.stats["default"] == parity["default"]
+
+
+def test_torch_and_onnx_backends_agree_on_a_fixed_sample(exported, wnut_tiny):
+    _, _, train = wnut_tiny
+    sample = ["Justin Bieber plays in London tonight with the Lakers", "New iPhone from Apple in New York"]
+    torch_entities = Predictor.load(train.path / "model", backend="torch").predict(sample)
+    onnx_entities = Predictor.load(exported.path, backend="onnx").predict(sample)
+    assert [[(e.label, e.start, e.end) for e in ents] for ents in onnx_entities] == [
+        [(e.label, e.start, e.end) for e in ents] for ents in torch_entities
+    ]
+    for a, b in zip(torch_entities, onnx_entities, strict=True):
+        assert [round(e.score, 3) for e in a] == [round(e.score, 3) for e in b]
+    int8 = Predictor.load(exported.path, backend="onnx-int8")
+    assert len(int8.predict(sample)) == 2
+
+
+def test_raw_text_predictions_equal_the_evaluate_stage_on_the_same_sentences(wnut_tiny, exported):
+    """Golden test of the preprocessing contract: the serving path and the evaluation path see the same inputs."""
+    store, ingest, train = wnut_tiny
+    evaluated = run_evaluate(EvaluateConfig(bootstrap_samples=0, worst_sentences=500), ingest, train, store)
+    errors = [json.loads(line) for line in (evaluated.path / "errors.jsonl").read_text().splitlines()]
+    test = load_splits(ingest)["test"]
+    by_tokens = {tuple(row["tokens"]): row for row in errors}
+    predictor = Predictor.load(exported.path, backend="onnx")
+    checked = 0
+    for tokens in test["tokens"]:
+        text = " ".join(tokens)
+        if [w for w, _, _ in split_words(text)] != tokens or tuple(tokens) not in by_tokens:
+            continue  # only sentences whose words the raw-text splitter reproduces exactly
+        [entities] = predictor.predict(text)
+        words = [(start, end) for _, start, end in split_words(text)]
+        spans = [(next(i for i, w in enumerate(words) if w[0] == e.start), e.label) for e in entities]
+        expected = [(p["start"], p["label"]) for p in by_tokens[tuple(tokens)]["predicted"]]
+        assert spans == expected, text
+        checked += 1
+    assert checked >= 20
+
+
+def test_quantization_target_follows_the_cpu():
+    assert quantization_target("auto", {"avx2", "fma"}) == "avx2"
+    assert quantization_target("auto", {"avx2", "avx512f"}) == "avx512"
+    assert quantization_target("auto", {"avx2", "avx512f", "avx512_vnni"}) == "avx512_vnni"
+    assert quantization_target("avx2", {"avx512_vnni"}) == "avx2"

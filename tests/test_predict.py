@@ -1,0 +1,91 @@
+"""Predictor: exact character offsets, long texts, aggregation strategies, errors, word-level labels."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import TINY_LABELS, build_tiny_model
+
+from ner_pipeline.config import TokenizeConfig
+from ner_pipeline.errors import ModelError, PredictError
+from ner_pipeline.predict import Predictor, split_words
+from ner_pipeline.tokenize import load_tokenizer, make_preprocessing
+
+TRICKY = "Zoë  Ødegård\tmet\nJosé-María in São Paulo!! 🎉🎉 (naïve café)… ‘quoted’ e\u0301té 東京 x"
+
+
+@pytest.fixture(scope="module")
+def everything_is_a_person(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny model whose head always says B-PER, so every word is an entity and every offset is checked."""
+    folder = tmp_path_factory.mktemp("b-per-model")
+    torch.manual_seed(0)
+    build_tiny_model(folder, labels=TINY_LABELS)
+    from transformers import AutoModelForTokenClassification
+
+    model = AutoModelForTokenClassification.from_pretrained(folder)
+    with torch.no_grad():
+        model.classifier.weight.zero_()
+        model.classifier.bias.copy_(torch.tensor([0.0, 0.0, 0.0, 5.0, 0.0]))  # B-PER wins everywhere
+    model.save_pretrained(folder)
+    make_preprocessing(load_tokenizer(str(folder)), TokenizeConfig(max_length=64, stride=8), TINY_LABELS).save(folder)
+    return folder
+
+
+def test_split_words_offsets_give_back_the_exact_substrings():
+    words = split_words(TRICKY)
+    assert all(TRICKY[start:end] == word for word, start, end in words)
+    surfaces = [w for w, _, _ in words]
+    assert "Ødegård" in surfaces and "José-María" in surfaces and "e\u0301té" in surfaces and "東京" in surfaces
+    assert "🎉" in surfaces and "!" in surfaces
+
+
+def test_entities_point_at_the_original_text_for_unicode_whitespace_and_emoji(everything_is_a_person: Path):
+    predictor = Predictor.load(everything_is_a_person)
+    [entities] = predictor.predict(TRICKY)
+    assert len(entities) == len(split_words(TRICKY))
+    for entity in entities:
+        assert TRICKY[entity.start : entity.end] == entity.text
+        assert entity.label == "PER" and 0.0 < entity.score <= 1.0
+
+
+def test_entities_near_the_end_of_a_5000_word_text_are_found(everything_is_a_person: Path):
+    text = " ".join(f"word{i}" for i in range(5000))
+    predictor = Predictor.load(everything_is_a_person)
+    [entities] = predictor.predict([text])
+    assert len(entities) == 5000
+    assert entities[-1].text == "word4999" and entities[-1].end == len(text)
+
+
+def test_words_in_give_one_label_per_word_even_across_windows(everything_is_a_person: Path):
+    predictor = Predictor.load(everything_is_a_person)
+    sentences = [["a"] * 300, ["Paris"], ["x", "y"]]
+    labels = predictor.predict_words(sentences)
+    assert [len(s) for s in labels] == [300, 1, 2]
+
+
+@pytest.mark.parametrize("aggregation", ["first", "average", "max"])
+def test_every_aggregation_strategy_returns_entities(everything_is_a_person: Path, aggregation: str):
+    [entities] = Predictor.load(everything_is_a_person).predict("Kathmandu Schwarzenegger", aggregation=aggregation)
+    assert [e.text for e in entities] == ["Kathmandu", "Schwarzenegger"]
+
+
+def test_bad_inputs_get_clear_errors(everything_is_a_person: Path):
+    predictor = Predictor.load(everything_is_a_person)
+    with pytest.raises(PredictError, match="non-empty list"):
+        predictor.predict([])
+    with pytest.raises(PredictError, match=r"texts\[1\]: expected a string, got int"):
+        predictor.predict(["fine", 3])  # type: ignore[list-item]
+    assert predictor.predict([""]) == [[]]
+
+
+def test_model_folder_without_labels_is_refused(tmp_path: Path, everything_is_a_person: Path):
+    folder = tmp_path / "model"
+    shutil.copytree(everything_is_a_person, folder)
+    (folder / "preprocessing.json").unlink()
+    with pytest.raises(ModelError, match=r"no preprocessing\.json"):
+        Predictor.load(folder)
+    with pytest.raises(ModelError, match="not a model folder"):
+        Predictor.load(tmp_path / "missing")
