@@ -87,14 +87,14 @@ def tiny_base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def write_tiny_config(folder: Path, base_model: Path, **sections: dict) -> Path:
-    """A quickstart-derived config shrunk to seconds: 60 sentences per split, a tiny model, one epoch."""
+    """A quickstart-derived config shrunk to seconds: 300 sentences per split, a tiny model, one epoch."""
     import yaml
 
     values = {
         "extends": str(REPO_ROOT / "configs" / "quickstart.yaml"),
         "name": "tiny",
         "artifacts_root": str(folder / "artifacts"),
-        "data": {"max_sentences": 60},
+        "data": {"max_sentences": 300},
         "model": {"name_or_path": str(base_model)},
         "tokenize": {"max_length": 64, "stride": 8},
         "train": {"epochs": 1, "batch_size": 8, "learning_rate": 5e-4, "early_stopping_patience": None},

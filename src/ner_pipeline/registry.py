@@ -468,21 +468,81 @@ def compare(tracking_uri: str, refs: list[str]) -> dict[str, Any]:
     }
 
 
-def download_model(model_uri: str, tracking_uri: str, dest: Path | None = None) -> Path:
-    """Fetch the model folder of `models:/NAME@alias` (or `/VERSION`) and return its local path."""
+@dataclass
+class FetchedModel:
+    """A registered model version downloaded to local folders."""
+
+    model_dir: Path
+    onnx_dir: Path | None
+    name: str
+    version: str
+    alias: str | None
+    metrics: dict[str, float]
+
+
+def parse_model_uri(model_uri: str) -> tuple[str, str | None, str | None]:
+    """`models:/NAME@alias` → (NAME, None, alias); `models:/NAME/3` → (NAME, "3", None)."""
+    body = model_uri.removeprefix("models:/")
+    if "@" in body:
+        name, alias = body.split("@", 1)
+        return name, None, alias
+    name, _, version = body.partition("/")
+    if not version:
+        raise RegistryError(f"{model_uri}: expected models:/NAME@alias or models:/NAME/VERSION")
+    return name, version, None
+
+
+def resolve_version(tracking_uri: str, model_uri: str) -> Any:
+    """The ModelVersion a `models:/` URI points at now."""
+    from mlflow.exceptions import MlflowException
+
+    name, version, alias = parse_model_uri(model_uri)
+    client = client_for(tracking_uri)
+    try:
+        return client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
+    except MlflowException as exc:
+        raise RegistryError(f"{model_uri}: {exc.message}") from None
+
+
+def fetch_model(model_uri: str, tracking_uri: str, dest: Path | None = None) -> FetchedModel:
+    """Download a registered version (`models:/NAME@alias` or `/VERSION`): its model folder and ONNX files."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
+    name, _, alias = parse_model_uri(model_uri)
+    version = resolve_version(tracking_uri, model_uri)
+    pinned = f"models:/{name}/{version.version}"  # the alias may move while we download
     try:
         local = mlflow.artifacts.download_artifacts(
-            artifact_uri=model_uri, tracking_uri=tracking_uri, dst_path=str(dest) if dest else None
+            artifact_uri=pinned, tracking_uri=tracking_uri, dst_path=str(dest) if dest else None
         )
     except MlflowException as exc:
         raise RegistryError(f"{model_uri}: {exc.message}") from None
-    folder = Path(local) / "artifacts" / "model"
-    if not folder.is_dir():
+    paths = logged_artifact_paths(Path(local))
+    if "model" not in paths or not paths["model"].is_dir():
         raise RegistryError(f"{model_uri}: no model folder inside the logged model ({local})")
-    return folder
+    return FetchedModel(
+        model_dir=paths["model"],
+        onnx_dir=paths.get("onnx"),
+        name=name,
+        version=str(version.version),
+        alias=alias,
+        metrics=version_metrics(version),
+    )
+
+
+def logged_artifact_paths(folder: Path) -> dict[str, Path]:
+    """Where a downloaded pyfunc model keeps each of its named artifacts (MLflow names files by their source)."""
+    import yaml
+
+    mlmodel = yaml.safe_load((folder / "MLmodel").read_text(encoding="utf-8"))
+    artifacts = mlmodel.get("flavors", {}).get("python_function", {}).get("artifacts", {})
+    return {name: folder / entry["path"] for name, entry in artifacts.items()}
+
+
+def download_model(model_uri: str, tracking_uri: str, dest: Path | None = None) -> Path:
+    """Fetch the model folder of `models:/NAME@alias` (or `/VERSION`) and return its local path."""
+    return fetch_model(model_uri, tracking_uri, dest).model_dir
 
 
 # --- the logged model ------------------------------------------------------------------------------------------

@@ -254,21 +254,16 @@ def create_app(
         token = request_id_var.set(rid)
         started = time.perf_counter()
         try:
-            response = await call_next(request)
-        except Exception:
-            logger.exception("unhandled error on %s %s", request.method, request.url.path)
-            response = JSONResponse({"detail": "internal error", "request_id": rid}, status_code=500)
+            try:
+                response = await call_next(request)
+            except Exception:
+                logger.exception("unhandled error on %s %s", request.method, request.url.path)
+                response = JSONResponse({"detail": "internal error", "request_id": rid}, status_code=500)
+            response.headers["X-Request-ID"] = rid
+            elapsed = (time.perf_counter() - started) * 1000
+            logger.info("%s %s -> %s in %.1f ms", request.method, request.url.path, response.status_code, elapsed)
         finally:
             request_id_var.reset(token)
-        response.headers["X-Request-ID"] = rid
-        logger.info(
-            "%s %s -> %s in %.1f ms [%s]",
-            request.method,
-            request.url.path,
-            response.status_code,
-            (time.perf_counter() - started) * 1000,
-            rid,
-        )
         return response
 
     @app.get("/health", response_model=Health, tags=["ops"])
@@ -336,3 +331,68 @@ def choose_backend(requested: str, parity: dict[str, Any] | None) -> str:
     if any(report.get(v, {}).get("accepted") for v in ("onnx-optimized", "onnx")):
         return "onnx"
     return "torch"
+
+
+def load_handle(
+    source: str, backend: str, tracking_uri: str | None, onnx: str | None = None, threads: int | None = None
+) -> ModelHandle:
+    """Load what to serve from a model folder or `models:/NAME@alias`, on the best accepted backend.
+
+    Args:
+        source: A model folder or a registry URI (whose logged model carries its ONNX export).
+        backend: auto, torch, onnx or onnx-int8.
+        tracking_uri: MLflow URI for registry sources.
+        onnx: The export folder for a model-folder source (an export artifact), if any.
+    """
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from ner_pipeline.errors import ModelError
+    from ner_pipeline.predict import Predictor
+
+    if source.startswith("models:/"):
+        from ner_pipeline import registry
+
+        if tracking_uri is None:
+            raise ModelError(f"{source}: a registry URI needs an MLflow tracking URI")
+        fetched = registry.fetch_model(source, tracking_uri, Path(tempfile.mkdtemp(prefix="ner-serve-")))
+        model_dir, onnx_dir = fetched.model_dir, fetched.onnx_dir
+        name, version, alias, metrics = fetched.name, fetched.version, fetched.alias, fetched.metrics
+    else:
+        model_dir = Path(source)
+        onnx_dir = Path(onnx) if onnx else None
+        name, version, alias, metrics = str(model_dir), None, None, {}
+    parity_file = onnx_dir / "parity.json" if onnx_dir else None
+    parity = json.loads(parity_file.read_text()) if parity_file and parity_file.is_file() else None
+    chosen = choose_backend(backend, parity)
+    predictor = Predictor.load(model_dir, backend=chosen, onnx_dir=onnx_dir, threads=threads)  # type: ignore[arg-type]
+    info = ModelInfo(
+        name=name,
+        version=version,
+        alias=alias,
+        source=source,
+        backend=chosen,
+        labels=predictor.labels,
+        metrics={k: v for k, v in metrics.items() if not k.startswith(("validation_f1_", "test_f1_ci"))},
+    )
+    return ModelHandle(predictor=predictor, info=info)
+
+
+def build_app(
+    settings: ServeConfig, source: str, tracking_uri: str | None, api_key: str | None, onnx: str | None = None
+) -> FastAPI:
+    """The service for `source`, polling its alias for moves when it is a registry alias and polling is on."""
+    current_version = None
+    if source.startswith("models:/") and "@" in source and tracking_uri:
+        from ner_pipeline import registry
+
+        def current_version() -> str | None:
+            return str(registry.resolve_version(tracking_uri, source).version)
+
+    return create_app(
+        settings,
+        loader=lambda: load_handle(source, settings.backend, tracking_uri, onnx),
+        api_key=api_key,
+        current_version=current_version,
+    )

@@ -1,0 +1,252 @@
+"""The service: TestClient against the real app, and a real uvicorn process serving a registered model."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+from conftest import TINY_LABELS, build_tiny_model
+from fastapi.testclient import TestClient
+
+from ner_pipeline.config import RegistryConfig, ServeConfig, TokenizeConfig
+from ner_pipeline.predict import Predictor
+from ner_pipeline.serve import ModelHandle, create_app, load_handle
+from ner_pipeline.tokenize import load_tokenizer, make_preprocessing
+
+SAMPLE = ["Angela Merkel met Emmanuel Macron in Paris .", "Nothing here", "São Paulo 🎉 Zoë"]
+
+
+def biased_model(folder: Path, winner: str) -> Path:
+    """A tiny model whose head always picks `winner` (e.g. B-PER): predictable entities from a real network."""
+    from transformers import AutoModelForTokenClassification
+
+    torch.manual_seed(0)
+    build_tiny_model(folder, labels=TINY_LABELS)
+    model = AutoModelForTokenClassification.from_pretrained(folder)
+    with torch.no_grad():
+        model.classifier.weight.zero_()
+        bias = torch.zeros(len(TINY_LABELS))
+        bias[TINY_LABELS.index(winner)] = 5.0
+        model.classifier.bias.copy_(bias)
+    model.save_pretrained(folder)
+    make_preprocessing(load_tokenizer(str(folder)), TokenizeConfig(max_length=64, stride=8), TINY_LABELS).save(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def person_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return biased_model(tmp_path_factory.mktemp("per"), "B-PER")
+
+
+@pytest.fixture(scope="module")
+def location_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return biased_model(tmp_path_factory.mktemp("loc"), "B-LOC")
+
+
+SETTINGS = ServeConfig(max_texts=4, max_chars=200, batch_wait_ms=2)
+
+
+@pytest.fixture
+def client(person_model: Path):
+    app = create_app(SETTINGS, loader=lambda: load_handle(str(person_model), "torch", None))
+    with TestClient(app) as test_client:
+        yield test_client
+
+
+def test_predict_returns_what_the_predictor_returns(client: TestClient, person_model: Path):
+    response = client.post("/predict", json={"texts": SAMPLE})
+    assert response.status_code == 200
+    expected = Predictor.load(person_model).predict(SAMPLE)
+    assert response.json()["entities"] == [[e.model_dump() for e in ents] for ents in expected]
+    assert response.headers["X-Request-ID"]
+
+
+def test_health_ready_and_model_describe_the_service(client: TestClient):
+    assert client.get("/health").json() == {"status": "ok"}
+    assert client.get("/ready").json() == {"status": "ready"}
+    info = client.get("/model").json()
+    assert info["backend"] == "torch" and info["labels"] == TINY_LABELS
+    assert "/predict" in client.get("/openapi.json").json()["paths"]
+
+
+def test_limits_give_413_and_malformed_bodies_422(client: TestClient):
+    too_many = client.post("/predict", json={"texts": ["a"] * 5})
+    assert too_many.status_code == 413 and "too many texts: 5 > 4" in too_many.json()["detail"]
+    too_long = client.post("/predict", json={"texts": ["ok", "x" * 201]})
+    assert too_long.status_code == 413 and "texts[1] has 201 characters" in too_long.json()["detail"]
+    assert (
+        client.post("/predict", content=b"{not json", headers={"Content-Type": "application/json"}).status_code == 422
+    )
+    assert client.post("/predict", json={"texts": "not a list"}).status_code == 422
+    assert client.post("/predict", json={"texts": []}).status_code == 422
+
+
+def test_api_key_is_enforced_when_set(person_model: Path):
+    app = create_app(SETTINGS, loader=lambda: load_handle(str(person_model), "torch", None), api_key="s3cret")
+    with TestClient(app) as client:
+        assert client.post("/predict", json={"texts": ["a"]}).status_code == 401
+        assert client.post("/predict", json={"texts": ["a"]}, headers={"X-API-Key": "wrong"}).status_code == 401
+        assert client.post("/predict", json={"texts": ["a"]}, headers={"X-API-Key": "s3cret"}).status_code == 200
+        assert client.post("/admin/reload").status_code == 401
+        assert client.get("/health").status_code == 200
+
+
+def test_internal_errors_carry_no_stack_trace(person_model: Path):
+    class Broken:
+        name = "broken"
+
+        def logits(self, input_ids, attention_mask):
+            raise RuntimeError("secret internals /etc/passwd")
+
+    def loader() -> ModelHandle:
+        handle = load_handle(str(person_model), "torch", None)
+        handle.predictor.backend = Broken()  # a failing model, injected to check what a client sees
+        return handle
+
+    with TestClient(create_app(SETTINGS, loader=loader), raise_server_exceptions=False) as client:
+        response = client.post("/predict", json={"texts": ["a"]})
+    assert response.status_code == 500
+    assert response.json()["detail"] == "internal error" and "request_id" in response.json()
+    assert "Traceback" not in response.text and "passwd" not in response.text
+
+
+def test_concurrent_requests_are_batched_into_fewer_forward_passes(person_model: Path):
+    app = create_app(
+        ServeConfig(batch_wait_ms=50, max_batch_size=64), loader=lambda: load_handle(str(person_model), "torch", None)
+    )
+    with TestClient(app) as client:
+        threads = [
+            threading.Thread(target=client.post, args=("/predict",), kwargs={"json": {"texts": [f"t{i}"]}})
+            for i in range(12)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert app.state.service.batcher.batches < 12
+
+
+def test_demo_page_is_served(client: TestClient):
+    page = client.get("/")
+    assert page.status_code == 200 and "Find entities" in page.text and "/predict" in page.text
+
+
+# --- a real uvicorn process serving the registry's production model --------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def registry_with_two_versions(tmp_path: Path, person_model: Path, location_model: Path) -> str:
+    from ner_pipeline import registry
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    cfg = RegistryConfig(model_name="ner-serve")
+    for model, f1 in ((person_model, 0.5), (location_model, 0.6)):
+        tags = {"metric.test_f1": str(f1), "data.test_fingerprint": "same"}
+        registry.log_and_register(cfg, model, uri, None, tags, description="serve test")
+    registry.promote(uri, cfg, "ner-serve", "1")
+    return uri
+
+
+@pytest.fixture
+def live_server(tmp_path: Path, registry_with_two_versions: str):
+    port = free_port()
+    log = (tmp_path / "serve.log").open("w")
+    env = {**os.environ, "NER_API_KEY": "k3y", "MLFLOW_TRACKING_URI": registry_with_two_versions}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "ner_pipeline.cli",
+            "serve",
+            "--model",
+            "models:/ner-serve@production",
+            "--port",
+            str(port),
+        ],
+        env=env,
+        cwd=tmp_path,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base}/ready", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None:
+            pytest.fail((tmp_path / "serve.log").read_text()[-3000:])
+        time.sleep(0.3)
+    else:
+        proc.kill()
+        pytest.fail("service not ready within 120 s")
+    yield base, registry_with_two_versions, tmp_path / "serve.log"
+    proc.terminate()
+    proc.wait(20)
+    log.close()
+
+
+@pytest.mark.slow
+def test_live_service_serves_production_and_picks_up_a_promotion_without_failing_requests(live_server):
+    from ner_pipeline import registry
+
+    base, uri, log = live_server
+    key = {"X-API-Key": "k3y"}
+    assert httpx.get(f"{base}/health").json() == {"status": "ok"}
+    assert httpx.get(f"{base}/model").json()["version"] == "1"
+    first = httpx.post(f"{base}/predict", json={"texts": ["Paris"]}, headers=key).json()
+    assert first["model"] == "ner-serve/1" and first["entities"][0][0]["label"] == "PER"
+    assert httpx.post(f"{base}/predict", json={"texts": ["Paris"]}).status_code == 401
+    assert httpx.post(f"{base}/predict", json={"texts": ["x" * 20_001]}, headers=key).status_code == 413
+    assert httpx.post(f"{base}/predict", json={"texts": ["a"] * 65}, headers=key).status_code == 413
+    assert (
+        httpx.post(f"{base}/predict", content=b"[", headers={**key, "Content-Type": "application/json"}).status_code
+        == 422
+    )
+
+    statuses: list[int] = []
+    models: list[str] = []
+    stop = threading.Event()
+
+    def stream() -> None:
+        with httpx.Client(base_url=base, headers=key, timeout=30) as http:
+            while not stop.is_set():
+                response = http.post("/predict", json={"texts": ["Paris", "Berlin"]})
+                statuses.append(response.status_code)
+                models.append(response.json().get("model", ""))
+
+    workers = [threading.Thread(target=stream) for _ in range(3)]
+    for w in workers:
+        w.start()
+    time.sleep(1.0)
+    decision = registry.promote(uri, RegistryConfig(model_name="ner-serve"), "ner-serve", "2")
+    assert decision.accepted
+    reloaded = httpx.post(f"{base}/admin/reload", headers=key, timeout=120)
+    assert reloaded.status_code == 200 and reloaded.json()["version"] == "2"
+    time.sleep(1.0)
+    stop.set()
+    for w in workers:
+        w.join()
+    assert statuses and set(statuses) == {200}, f"failed requests during the swap: {set(statuses)}"
+    assert "ner-serve/1" in models and models[-1] == "ner-serve/2"
+    after = httpx.post(f"{base}/predict", json={"texts": ["Paris"]}, headers=key).json()
+    assert after["entities"][0][0]["label"] == "LOC"
+    lines = log.read_text().splitlines()
+    request_lines = [line for line in lines if "POST /predict" in line]
+    assert request_lines and all("[-]" not in line for line in request_lines), "every request line has its id"
