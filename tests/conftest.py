@@ -135,3 +135,34 @@ def wnut_tiny(tmp_path_factory: pytest.TempPathFactory):
         return {}
 
     return store, ingest, store.build("train", "tiny-random", produce)
+
+
+def biased_model(folder: Path, winner: str) -> Path:
+    """A tiny model whose head always picks `winner` (e.g. B-PER): predictable entities from a real network."""
+    import torch
+    from transformers import AutoModelForTokenClassification
+
+    from ner_pipeline.config import TokenizeConfig
+    from ner_pipeline.tokenize import load_tokenizer, make_preprocessing
+
+    torch.manual_seed(0)
+    build_tiny_model(folder, labels=TINY_LABELS)
+    model = AutoModelForTokenClassification.from_pretrained(folder)
+    with torch.no_grad():
+        model.classifier.weight.zero_()
+        bias = torch.zeros(len(TINY_LABELS))
+        bias[TINY_LABELS.index(winner)] = 5.0
+        model.classifier.bias.copy_(bias)
+    model.save_pretrained(folder)
+    make_preprocessing(load_tokenizer(str(folder)), TokenizeConfig(max_length=64, stride=8), TINY_LABELS).save(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def person_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return biased_model(tmp_path_factory.mktemp("per"), "B-PER")
+
+
+@pytest.fixture(scope="module")
+def location_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return biased_model(tmp_path_factory.mktemp("loc"), "B-LOC")

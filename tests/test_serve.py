@@ -12,43 +12,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-import torch
-from conftest import TINY_LABELS, build_tiny_model
+from conftest import TINY_LABELS
 from fastapi.testclient import TestClient
 
-from ner_pipeline.config import RegistryConfig, ServeConfig, TokenizeConfig
+from ner_pipeline.config import RegistryConfig, ServeConfig
 from ner_pipeline.predict import Predictor
 from ner_pipeline.serve import ModelHandle, create_app, load_handle
-from ner_pipeline.tokenize import load_tokenizer, make_preprocessing
 
 SAMPLE = ["Angela Merkel met Emmanuel Macron in Paris .", "Nothing here", "São Paulo 🎉 Zoë"]
-
-
-def biased_model(folder: Path, winner: str) -> Path:
-    """A tiny model whose head always picks `winner` (e.g. B-PER): predictable entities from a real network."""
-    from transformers import AutoModelForTokenClassification
-
-    torch.manual_seed(0)
-    build_tiny_model(folder, labels=TINY_LABELS)
-    model = AutoModelForTokenClassification.from_pretrained(folder)
-    with torch.no_grad():
-        model.classifier.weight.zero_()
-        bias = torch.zeros(len(TINY_LABELS))
-        bias[TINY_LABELS.index(winner)] = 5.0
-        model.classifier.bias.copy_(bias)
-    model.save_pretrained(folder)
-    make_preprocessing(load_tokenizer(str(folder)), TokenizeConfig(max_length=64, stride=8), TINY_LABELS).save(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def person_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return biased_model(tmp_path_factory.mktemp("per"), "B-PER")
-
-
-@pytest.fixture(scope="module")
-def location_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return biased_model(tmp_path_factory.mktemp("loc"), "B-LOC")
 
 
 SETTINGS = ServeConfig(max_texts=4, max_chars=200, batch_wait_ms=2)

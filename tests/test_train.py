@@ -100,7 +100,7 @@ def test_killed_training_resumes_from_its_last_checkpoint(tmp_path: Path, tiny_b
 
 def test_unchanged_training_is_a_cache_hit_and_a_new_learning_rate_is_not(tmp_path: Path, tiny_base_dir: Path):
     config = write_tiny_config(tmp_path, tiny_base_dir, train={"max_steps": 3})
-    cfg, _, first = stages_up_to(config, "train")
+    _, _, first = stages_up_to(config, "train")
     _, _, again = stages_up_to(config, "train")
     assert again["train"].cached and again["train"].key == first["train"].key
     other = load_config(config, ["train.learning_rate=3e-5"])
