@@ -158,11 +158,11 @@ def biased_model(folder: Path, winner: str) -> Path:
     return folder
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def person_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return biased_model(tmp_path_factory.mktemp("per"), "B-PER")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def location_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return biased_model(tmp_path_factory.mktemp("loc"), "B-LOC")

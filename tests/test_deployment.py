@@ -124,7 +124,7 @@ def test_deployed_flow_runs_through_a_worker_and_a_second_run_is_served_from_cac
     overrides = [f"{k}={v}" for k, v in tiny_overrides(config).items()]
     assert trigger_and_work(env, project, overrides) == "Completed"
     artifacts = tmp_path / "artifacts"
-    built = {p.parent.name: p for p in artifacts.glob("*/*/manifest.json")}
+    built = {p.parent.parent.name: p for p in artifacts.glob("*/*/manifest.json")}
     assert set(built) == {"ingest", "tokenize", "train", "evaluate", "export", "register"}
     mtimes = {stage: path.stat().st_mtime for stage, path in built.items()}
 
@@ -135,7 +135,7 @@ def test_deployed_flow_runs_through_a_worker_and_a_second_run_is_served_from_cac
     assert len(runs) == 1 and runs[0].data.metrics["test_f1"] >= 0
 
     assert trigger_and_work(env, project, overrides) == "Completed"
-    assert {p.parent.name: p.stat().st_mtime for p in artifacts.glob("*/*/manifest.json")} == mtimes
+    assert {p.parent.parent.name: p.stat().st_mtime for p in artifacts.glob("*/*/manifest.json")} == mtimes
     runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
     assert len(runs) == 2
     assert {r.data.tags["cached.train"] for r in runs} == {"True", "False"}

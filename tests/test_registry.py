@@ -177,3 +177,24 @@ def test_register_promote_rollback_through_a_tracking_server(mlflow_server: str,
     client = MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)
     assert client.get_model_version_by_alias(NAME, "production").version == "1"
     assert len(client.search_model_versions(f"name = '{NAME}'")) == 5
+
+
+@pytest.mark.slow
+def test_model_loaded_from_the_production_alias_predicts_like_its_source_folder(tmp_path: Path, person_model: Path):
+    import mlflow.pyfunc
+    import pandas as pd
+
+    from ner_pipeline.predict import Predictor
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    version = register(uri, person_model, f1=0.8, per=0.8, loc=0.8)
+    assert registry.promote(uri, CFG, NAME, version).accepted
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    loaded = mlflow.pyfunc.load_model(f"models:/{NAME}@production")
+    texts = ["Angela Merkel visited São Paulo", "nothing"]
+    got = loaded.predict(pd.DataFrame({"text": texts}))
+    expected = [[e.model_dump() for e in ents] for ents in Predictor.load(person_model).predict(texts)]
+    assert got == expected
+    fetched = registry.fetch_model(f"models:/{NAME}@production", uri, tmp_path / "download")
+    assert fetched.version == version and (fetched.model_dir / "preprocessing.json").is_file()
