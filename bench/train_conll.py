@@ -111,8 +111,8 @@ def main() -> None:
     table = markdown_table(["", "test F1 (conlleval)", "test F1 (strict)", "train tokens/s", "wall s"], rows)
     section = f"""## Training on CoNLL-2003 (`bench/train_conll.py`)
 
-Command: `{command}` (full train set, {args.epochs:g} epoch(s), lr {args.lr:g}, batch {args.batch_size}, seed {args.seed};
-one run each: a training run takes minutes, so this table is a single repeat, not a median).
+Command: `{command}` (full train set, {args.epochs:g} epoch(s), lr {args.lr:g}, batch {args.batch_size},
+seed {args.seed}; one run each: a training run takes minutes, so this table is a single repeat, not a median).
 Machine: {machine()}.
 
 {table}
