@@ -133,3 +133,26 @@ def test_prune_keeps_newest_protected_and_their_lineage(tmp_path: Path):
 def test_require_names_the_stage_to_run(tmp_path: Path):
     with pytest.raises(ArtifactError, match="run the 'tokenize' stage first"):
         ArtifactStore(tmp_path).require("tokenize", "nope")
+
+
+def test_cli_lists_and_prunes_the_cache(tmp_path: Path):
+    from typer.testing import CliRunner
+
+    from ner_pipeline.cli import app
+
+    store = ArtifactStore(tmp_path / "artifacts")
+    store.build("ingest", "old", write_value("a"))
+    time.sleep(1.1)
+    store.build("ingest", "new", write_value("b"))
+    common = [
+        "--set",
+        f"artifacts_root={tmp_path / 'artifacts'}",
+        "--set",
+        f"tracking.tracking_uri=sqlite:///{tmp_path}/m.db",
+    ]
+    listed = CliRunner().invoke(app, ["artifacts", "list", *common])
+    assert listed.exit_code == 0 and "old" in listed.output and "new" in listed.output
+    pruned = CliRunner().invoke(app, ["artifacts", "prune", "--keep-last", "1", *common])
+    assert pruned.exit_code == 0, pruned.output
+    assert "removed ingest/old" in pruned.output
+    assert [a.key for a in store.list()] == ["new"]

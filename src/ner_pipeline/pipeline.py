@@ -101,7 +101,14 @@ def _register_spec() -> StageSpec:
         return registry.register_key(cfg.registry, {s: a.key for s, a in up.items()}, _uri(ctx))
 
     def run(cfg: PipelineConfig, up: Mapping[str, Artifact], store: ArtifactStore, ctx: RunContext) -> Artifact:
-        extra = {"model.base": cfg.model.name_or_path, "config.name": cfg.name, "config.hash": cfg.fingerprint()}
+        from ner_pipeline.tracking import git_commit
+
+        extra = {
+            "model.base": cfg.model.name_or_path,
+            "config.name": cfg.name,
+            "config.hash": cfg.fingerprint(),
+            "git.commit": git_commit(),
+        }
         return registry.run_register(cfg.registry, up, store, _uri(ctx), ctx.run_id, extra)
 
     # export is used when the config enables it (its ONNX files travel with the registered model)

@@ -1,0 +1,61 @@
+"""MLflow tracking in a temporary SQLite store: params, per-epoch metrics, the dataset input, evaluation files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import write_tiny_config
+
+from ner_pipeline import pipeline, tracking
+from ner_pipeline.artifacts import ArtifactStore
+from ner_pipeline.config import TrackingConfig, load_config
+
+pytestmark = pytest.mark.slow
+
+
+def test_a_pipeline_run_is_one_mlflow_run_with_everything_a_user_compares(tmp_path: Path, tiny_base_dir: Path):
+    from mlflow import MlflowClient
+
+    config_path = write_tiny_config(tmp_path, tiny_base_dir, train={"epochs": 2}, export={"enabled": False})
+    cfg = load_config(config_path)
+    uri = tracking.resolve_tracking_uri(cfg.tracking, {})
+    tracker = tracking.start_run(cfg, uri, run_name="tiny-run")
+    stages = ["ingest", "tokenize", "train", "evaluate"]
+    done = pipeline.run_pipeline(
+        cfg, ArtifactStore(cfg.artifacts_root), stages=stages, on_stage=lambda a: tracking.log_stage(tracker, a)
+    )
+    tracker.end()
+
+    client = MlflowClient(tracking_uri=uri)
+    run = client.get_run(tracker.run_id)
+    assert run.info.run_name == "tiny-run" and run.info.status == "FINISHED"
+    assert client.get_experiment(run.info.experiment_id).name == "tiny"
+    params = run.data.params
+    assert params["train.learning_rate"] == str(cfg.train.learning_rate)
+    assert params["model.name_or_path"] == str(tiny_base_dir)
+    assert params["data.stats.train.sentences"] == "300"
+    tags = run.data.tags
+    assert {f"artifact.{s}" for s in stages} <= set(tags)
+    assert tags["artifact.train"] == done["train"].key
+    assert tags["data.fingerprint"] == done["ingest"].stats["fingerprint"]
+    assert "version.transformers" in tags and "mlflow.source.git.commit" in tags
+
+    per_epoch = client.get_metric_history(tracker.run_id, "eval_f1")
+    assert [m.step for m in per_epoch] == [1, 2]
+    assert len(client.get_metric_history(tracker.run_id, "train_loss")) == 2
+    assert run.data.metrics["test_f1"] == pytest.approx(done["evaluate"].stats["test_f1"])
+
+    [dataset_input] = run.inputs.dataset_inputs
+    assert dataset_input.dataset.digest == done["ingest"].stats["fingerprint"][:36]
+    files = {f.path for f in client.list_artifacts(tracker.run_id, "evaluation")}
+    assert {"evaluation/report.md", "evaluation/confusion_matrix.png", "evaluation/errors.jsonl"} <= files
+    assert {f.path for f in client.list_artifacts(tracker.run_id, "training")} == {"training/training_curves.png"}
+
+
+def test_tracking_uri_prefers_config_then_environment_then_the_embedded_store():
+    assert tracking.resolve_tracking_uri(
+        TrackingConfig(tracking_uri="http://x:5000"), {"MLFLOW_TRACKING_URI": "y"}
+    ) == ("http://x:5000")
+    assert tracking.resolve_tracking_uri(TrackingConfig(), {"MLFLOW_TRACKING_URI": "http://y"}) == "http://y"
+    assert tracking.resolve_tracking_uri(TrackingConfig(), {}) == "sqlite:///mlruns/mlflow.db"
