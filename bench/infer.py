@@ -23,11 +23,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from report import ROOT, machine, markdown_table, update_doc, write_results
-from train_conll import bench_overrides
+from train_conll import conll_artifacts
 
-from ner_pipeline import pipeline
-from ner_pipeline.artifacts import ArtifactStore
-from ner_pipeline.config import load_config
 from ner_pipeline.evaluate import entity_scores
 from ner_pipeline.ingest import load_splits, read_labels
 
@@ -127,9 +124,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(2)
-    overrides = [*bench_overrides(args.data, args.model, 5e-5, 8, 1.0, 42), "export.parity_sentences=500"]
-    cfg = load_config(ROOT / "configs" / "conll2003.yaml", overrides)
-    done = pipeline.run_pipeline(cfg, ArtifactStore(cfg.artifacts_root), stages=list(pipeline.STAGES[:5]))
+    done = conll_artifacts(args.data, args.model)
     model_dir, onnx_dir = done["train"].path / "model", done["export"].path
     names = read_labels(done["ingest"])
     test = load_splits(done["ingest"])["test"]

@@ -28,11 +28,8 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from report import ROOT, machine, markdown_table, update_doc, write_results
-from train_conll import bench_overrides
+from train_conll import conll_artifacts
 
-from ner_pipeline import pipeline
-from ner_pipeline.artifacts import ArtifactStore
-from ner_pipeline.config import load_config
 from ner_pipeline.ingest import load_splits
 
 PYTHON = sys.executable
@@ -119,9 +116,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=16)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    overrides = [*bench_overrides(args.data, args.model, 5e-5, 8, 1.0, 42), "export.parity_sentences=500"]
-    cfg = load_config(ROOT / "configs" / "conll2003.yaml", overrides)
-    done = pipeline.run_pipeline(cfg, ArtifactStore(cfg.artifacts_root), stages=list(pipeline.STAGES[:5]))
+    done = conll_artifacts(args.data, args.model)
     model_dir, onnx_dir = done["train"].path / "model", done["export"].path
     texts = [" ".join(tokens) for tokens in load_splits(done["ingest"])["test"]["tokens"]]
 

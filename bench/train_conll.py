@@ -45,6 +45,15 @@ def bench_overrides(data: Path, model: str, lr: float, batch: int, epochs: float
     ]
 
 
+def conll_artifacts(data: Path, model: str) -> dict[str, Any]:
+    """Artifacts up to export for the benchmark model (cache hits after bench/train_conll.py has run)."""
+    overrides = [*bench_overrides(data, model, 5e-5, 8, 1.0, 42), "export.parity_sentences=500"]
+    cfg = load_config(ROOT / "configs" / "conll2003.yaml", overrides)
+    return pipeline.run_pipeline(
+        cfg, ArtifactStore(cfg.artifacts_root), stages=["ingest", "tokenize", "train", "export"]
+    )
+
+
 def train_ours(overrides: list[str], fresh: bool) -> dict[str, Any]:
     cfg = load_config(ROOT / "configs" / "conll2003.yaml", overrides)
     store = ArtifactStore(cfg.artifacts_root)

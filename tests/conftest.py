@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -166,3 +169,25 @@ def person_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def location_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return biased_model(tmp_path_factory.mktemp("loc"), "B-LOC")
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now, on loopback."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
+    """Wait until `proc` listens on `port`; fail with the end of its log if it exits or takes too long."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            if proc.poll() is not None:
+                pytest.fail(f"server exited: {log.read_text()[-3000:]}")
+            time.sleep(0.5)
+    proc.kill()
+    pytest.fail(f"server did not listen on {port} within {timeout} s")

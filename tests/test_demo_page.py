@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import threading
 import time
 from pathlib import Path
 
 import pytest
 import uvicorn
+from conftest import free_port
 
 from ner_pipeline.config import ServeConfig
 from ner_pipeline.predict import Predictor
@@ -23,9 +23,7 @@ SENTENCE = "Angela Merkel visited São Paulo"
 
 @pytest.fixture
 def served(person_model: Path):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     app = create_app(ServeConfig(), loader=lambda: load_handle(str(person_model), "torch", None))
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)

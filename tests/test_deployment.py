@@ -9,37 +9,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT, write_tiny_config
+from conftest import REPO_ROOT, free_port, wait_for_port, write_tiny_config
 
 pytestmark = pytest.mark.slow
 
 PREFECT = [sys.executable, "-m", "prefect"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for_port(port: int, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            if proc.poll() is not None:
-                pytest.fail(f"prefect server exited: {log.read_text()[-3000:]}")
-            time.sleep(0.5)
-    pytest.fail(f"prefect server did not listen on {port} within {timeout} s")
 
 
 @pytest.fixture

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from conftest import free_port, wait_for_port
 
 from ner_pipeline import registry
 from ner_pipeline.config import RegistryConfig
@@ -116,12 +115,6 @@ def test_rollback_without_previous_production_is_a_clear_error(tmp_path: Path):
         registry.rollback(uri, NAME)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def mlflow_server(tmp_path: Path):
     """A real `mlflow server` on a free loopback port with its own SQLite file and artifact folder."""
@@ -148,18 +141,7 @@ def mlflow_server(tmp_path: Path):
         stderr=subprocess.STDOUT,
     )
     uri = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                break
-        except OSError:
-            if proc.poll() is not None:
-                pytest.fail(f"mlflow server exited: {(tmp_path / 'server.log').read_text()[-2000:]}")
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("mlflow server did not start within 90 s")
+    wait_for_port(port, proc, tmp_path / "server.log", timeout=90)
     yield uri
     proc.terminate()
     try:

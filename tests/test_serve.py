@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import TINY_LABELS
+from conftest import TINY_LABELS, free_port
 from fastapi.testclient import TestClient
 
 from ner_pipeline.config import RegistryConfig, ServeConfig
@@ -111,12 +110,6 @@ def test_demo_page_is_served(client: TestClient):
 
 
 # --- a real uvicorn process serving the registry's production model --------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture
