@@ -50,7 +50,7 @@ def conll_artifacts(data: Path, model: str) -> dict[str, Any]:
     overrides = [*bench_overrides(data, model, 5e-5, 8, 1.0, 42), "export.parity_sentences=500"]
     cfg = load_config(ROOT / "configs" / "conll2003.yaml", overrides)
     return pipeline.run_pipeline(
-        cfg, ArtifactStore(cfg.artifacts_root), stages=["ingest", "tokenize", "train", "export"]
+        cfg, ArtifactStore(cfg.artifacts_root), stages=["ingest", "tokenize", "train", "evaluate", "export"]
     )
 
 
