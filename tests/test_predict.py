@@ -89,3 +89,25 @@ def test_model_folder_without_labels_is_refused(tmp_path: Path, everything_is_a_
         Predictor.load(folder)
     with pytest.raises(ModelError, match="not a model folder"):
         Predictor.load(tmp_path / "missing")
+
+
+def test_cli_predict_reads_arguments_files_and_jsonl(everything_is_a_person: Path, tmp_path: Path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from ner_pipeline.cli import app
+
+    texts = tmp_path / "texts.txt"
+    texts.write_text("Ada Lovelace\n\nAlan Turing\n")
+    lines = tmp_path / "in.jsonl"
+    lines.write_text(json.dumps({"text": "Grace Hopper"}) + "\n")
+    model = ["--model", str(everything_is_a_person), "--backend", "torch"]
+    result = CliRunner().invoke(app, ["predict", "Marie Curie", "--file", str(texts), "--jsonl", str(lines), *model])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.output.splitlines()]
+    assert [r["text"] for r in rows] == ["Marie Curie", "Ada Lovelace", "Alan Turing", "Grace Hopper"]
+    assert rows[0]["entities"][0] == {**rows[0]["entities"][0], "text": "Marie", "start": 0, "end": 5}
+    lines.write_text("not json\n")
+    bad = CliRunner().invoke(app, ["predict", "--jsonl", str(lines), *model])
+    assert bad.exit_code == 1 and "in.jsonl line 1" in bad.output

@@ -180,3 +180,38 @@ def test_model_loaded_from_the_production_alias_predicts_like_its_source_folder(
     assert got == expected
     fetched = registry.fetch_model(f"models:/{NAME}@production", uri, tmp_path / "download")
     assert fetched.version == version and (fetched.model_dir / "preprocessing.json").is_file()
+
+
+@pytest.mark.slow
+def test_cli_lists_versions_shows_history_and_compares_side_by_side(tmp_path: Path, tiny_model_dir: Path):
+    from typer.testing import CliRunner
+
+    from ner_pipeline import tracking
+    from ner_pipeline.cli import app
+    from ner_pipeline.config import PipelineConfig
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    runs = []
+    for lr in ("2e-5", "3e-5"):
+        config = PipelineConfig.model_validate({"name": "cmp", "train": {"learning_rate": float(lr)}})
+        tracker = tracking.start_run(config, uri)
+        tracker.log_metrics({"test_f1": 0.8 if lr == "2e-5" else 0.85})
+        tracker.end()
+        runs.append(tracker.run_id)
+        registry.log_and_register(CFG, tiny_model_dir, uri, tracker.run_id, tags(f1=0.8, per=0.8, loc=0.8), "v")
+    common = ["--set", f"tracking.tracking_uri={uri}"]
+    runner = CliRunner()
+    promoted = runner.invoke(app, ["promote", "--model", NAME, "--version", "1", *common])
+    assert promoted.exit_code == 0 and promoted.output.startswith("PROMOTE ner-test v- -> v1")
+    refused = runner.invoke(app, ["promote", "--model", NAME, "--version", "2", *common])
+    assert refused.exit_code == 2 and "REFUSE" in refused.output
+    listed = runner.invoke(app, ["models", "list", NAME, *common])
+    assert listed.exit_code == 0 and "production" in listed.output and "challenger" in listed.output
+    history = runner.invoke(app, ["models", "history", NAME, *common])
+    assert history.exit_code == 0 and "promote" in history.output and "refuse" in history.output
+    compared = runner.invoke(app, ["compare", runs[0], f"{NAME}/2", *common])
+    assert compared.exit_code == 0, compared.output
+    assert "param train.learning_rate" in compared.output and "metric test_f1" in compared.output
+    assert "param train.batch_size" not in compared.output  # only params that differ
+    missing = runner.invoke(app, ["compare", "nope", runs[0], *common])
+    assert missing.exit_code == 1 and "'nope': not a run id" in missing.output
