@@ -113,12 +113,15 @@ class _Job:
 class Predictor:
     """Tags raw texts or pre-split sentences with a fine-tuned model on a chosen backend."""
 
-    def __init__(self, backend: Backend, tokenizer: Any, prep: Preprocessing, batch_size: int = 32) -> None:
+    def __init__(
+        self, backend: Backend, tokenizer: Any, prep: Preprocessing, batch_size: int = 32, max_batch_tokens: int = 1024
+    ) -> None:
         self.backend = backend
         self.tokenizer = tokenizer
         self.prep = prep
         self.labels = prep.labels
         self.batch_size = batch_size
+        self.max_batch_tokens = max_batch_tokens
         self.pad_id = tokenizer.pad_token_id or 0
 
     @classmethod
@@ -245,12 +248,26 @@ class Predictor:
             if isinstance(words, str) or not all(isinstance(w, str) for w in words):
                 raise PredictError(f"sentences[{i}]: expected a list of strings")
 
+    def _batches(self, sequences: list[list[int]]) -> list[list[int]]:
+        """Indices grouped into batches of similar length: at most `batch_size` sequences and, padding included,
+        at most `max_batch_tokens` tokens, so a few long sentences do not make every short one pay for padding."""
+        order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+        batches: list[list[int]] = []
+        current: list[int] = []
+        for i in order:
+            width = len(sequences[i])  # ascending, so the newest is the widest
+            if current and (len(current) >= self.batch_size or (len(current) + 1) * width > self.max_batch_tokens):
+                batches.append(current)
+                current = []
+            current.append(i)
+        if current:
+            batches.append(current)
+        return batches
+
     def _run(self, sequences: list[list[int]]) -> list[np.ndarray]:
         """Probabilities per token for each sequence, batched by length to limit padding."""
-        order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
         out: list[np.ndarray | None] = [None] * len(sequences)
-        for b in range(0, len(order), self.batch_size):
-            batch = order[b : b + self.batch_size]
+        for batch in self._batches(sequences):
             width = max(len(sequences[i]) for i in batch)
             ids = np.full((len(batch), width), self.pad_id, dtype=np.int64)
             mask = np.zeros((len(batch), width), dtype=np.int64)
