@@ -23,7 +23,7 @@ from ner_pipeline.tokenize import PREPROCESSING_FILE
 logger = logging.getLogger(__name__)
 
 STAGE = "export"
-VERSION = "1"
+VERSION = "2"  # 2: int8 quantizes MatMul only
 PARITY_FILE = "parity.json"
 # variant name → file written by optimum (and the Predictor backend that loads it)
 VARIANTS = {"onnx": "model.onnx", "onnx-optimized": "model_optimized.onnx", "onnx-int8": "model_quantized.onnx"}
@@ -89,16 +89,24 @@ def optimize_onnx(folder: Path) -> Path:
 def quantize_onnx(folder: Path, target: str) -> Path:
     """Dynamic int8 quantization of the fp32 graph for the target instruction set.
 
-    Without VNNI, u8s8 products can saturate, so the AVX2/AVX-512 configs reduce the weight range.
+    Without VNNI, u8s8 products can saturate, so the AVX2/AVX-512 configs reduce the weight range. Only MatMul
+    nodes are quantized: quantizing the embedding lookups as well cost 0.6 F1 points on CoNLL-2003 for no speed.
     """
     from optimum.onnxruntime import ORTQuantizer
     from optimum.onnxruntime.configuration import AutoQuantizationConfig
 
+    ops = ["MatMul"]
     makers = {
-        "avx2": lambda: AutoQuantizationConfig.avx2(is_static=False, per_channel=True, reduce_range=True),
-        "avx512": lambda: AutoQuantizationConfig.avx512(is_static=False, per_channel=True, reduce_range=True),
-        "avx512_vnni": lambda: AutoQuantizationConfig.avx512_vnni(is_static=False, per_channel=True),
-        "arm64": lambda: AutoQuantizationConfig.arm64(is_static=False, per_channel=True),
+        "avx2": lambda: AutoQuantizationConfig.avx2(
+            is_static=False, per_channel=True, reduce_range=True, operators_to_quantize=ops
+        ),
+        "avx512": lambda: AutoQuantizationConfig.avx512(
+            is_static=False, per_channel=True, reduce_range=True, operators_to_quantize=ops
+        ),
+        "avx512_vnni": lambda: AutoQuantizationConfig.avx512_vnni(
+            is_static=False, per_channel=True, operators_to_quantize=ops
+        ),
+        "arm64": lambda: AutoQuantizationConfig.arm64(is_static=False, per_channel=True, operators_to_quantize=ops),
     }
     if target not in makers:
         raise ExportError(f"export.quantization must be one of auto, {', '.join(makers)} (got {target!r})")
