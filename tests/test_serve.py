@@ -214,3 +214,25 @@ def test_live_service_serves_production_and_picks_up_a_promotion_without_failing
     lines = log.read_text().splitlines()
     request_lines = [line for line in lines if "POST /predict" in line]
     assert request_lines and all("[-]" not in line for line in request_lines), "every request line has its id"
+
+
+def test_polling_swaps_in_the_version_the_alias_moved_to(person_model: Path, location_model: Path):
+    """The alias lookup is injected here (the registry-backed one runs in the live test below)."""
+    alias_points_at = {"version": "1"}
+    folders = {"1": person_model, "2": location_model}
+
+    def loader() -> ModelHandle:
+        version = alias_points_at["version"]
+        handle = load_handle(str(folders[version]), "torch", None)
+        handle.info.version = version
+        return handle
+
+    settings = ServeConfig(reload_poll_seconds=0.2)
+    app = create_app(settings, loader=loader, current_version=lambda: alias_points_at["version"])
+    with TestClient(app) as client:
+        assert client.post("/predict", json={"texts": ["Paris"]}).json()["entities"][0][0]["label"] == "PER"
+        alias_points_at["version"] = "2"
+        deadline = time.monotonic() + 30
+        while client.get("/model").json()["version"] != "2" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert client.post("/predict", json={"texts": ["Paris"]}).json()["entities"][0][0]["label"] == "LOC"
