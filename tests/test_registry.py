@@ -202,7 +202,7 @@ def test_cli_lists_versions_shows_history_and_compares_side_by_side(tmp_path: Pa
     common = ["--set", f"tracking.tracking_uri={uri}"]
     runner = CliRunner()
     promoted = runner.invoke(app, ["promote", "--model", NAME, "--version", "1", *common])
-    assert promoted.exit_code == 0 and promoted.output.startswith("PROMOTE ner-test v- -> v1")
+    assert promoted.exit_code == 0 and promoted.stdout.startswith("PROMOTE ner-test v- -> v1")
     refused = runner.invoke(app, ["promote", "--model", NAME, "--version", "2", *common])
     assert refused.exit_code == 2 and "REFUSE" in refused.output
     listed = runner.invoke(app, ["models", "list", NAME, *common])

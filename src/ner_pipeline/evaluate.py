@@ -19,6 +19,7 @@ import numpy as np
 
 from ner_pipeline.artifacts import Artifact, ArtifactStore, artifact_key, write_json_atomic
 from ner_pipeline.config import EvaluateConfig
+from ner_pipeline.errors import DataError
 from ner_pipeline.spans import OUTSIDE, Span, extract_spans, split_tag
 
 logger = logging.getLogger(__name__)
@@ -67,6 +68,7 @@ def entity_scores(gold: Tags, pred: Tags, mode: Mode = "conlleval") -> dict[str,
 
 
 def token_accuracy(gold: Tags, pred: Tags) -> float:
+    """Share of words whose predicted tag equals the gold tag (B-/I- included)."""
     total = sum(len(g) for g in gold)
     right = sum(a == b for g, p in zip(gold, pred, strict=True) for a, b in zip(g, p, strict=True))
     return right / total if total else 0.0
@@ -120,14 +122,20 @@ BUCKETS = ("boundary", "type", "missed", "spurious")
 
 
 def error_buckets(gold: Tags, pred: Tags) -> dict[str, dict[str, int]]:
-    """Count errors per entity type.
+    """Count entity errors per type in four buckets; exact matches (same start, end and type) are not errors.
 
-    Rules, for every gold span G and predicted span P that are not an exact match (same start, end and type):
-    - type error: P has G's exact boundaries but another type (counted under G's type);
-    - boundary error: P overlaps G with the same type but other boundaries (counted under that type);
-    - missed: G overlaps no predicted span of its type and no same-boundary span (counted under G's type);
-    - spurious: P overlaps no gold span at all (counted under P's type).
-    A predicted span overlapping gold of another type with other boundaries is counted as a type error of G.
+    Spans are read as conlleval reads them (a stray I-X starts an entity). Within a sentence, every gold span G
+    that no predicted span matches exactly lands in exactly one bucket, under G's type:
+    - boundary: a predicted span of G's type overlaps G (its boundaries differ, or it would be a match);
+    - type: otherwise, a predicted span of another type overlaps G; usually with exactly G's boundaries, and
+      a span that is wrong in both type and boundaries counts here too;
+    - missed: no predicted span overlaps G at all.
+    Every predicted span P that matches nothing and overlaps no gold span counts as spurious, under P's type. A
+    predicted span that overlaps gold is not counted again: its error is the gold span's boundary or type error
+    (one predicted span across two gold spans gives each of them one).
+
+    Returns:
+        {type: {"boundary": n, "type": n, "missed": n, "spurious": n}} for every type with at least one error.
     """
     counts: dict[str, Counter[str]] = defaultdict(Counter)
     for g_tags, p_tags in zip(gold, pred, strict=True):
@@ -253,6 +261,7 @@ def worst_sentences(tokens: list[list[str]], gold: Tags, pred: Tags, limit: int)
 
 
 def entity_type(tag: str) -> str:
+    """`B-PER` and `I-PER` give `PER`; `O` stays `O`."""
     return OUTSIDE if tag == OUTSIDE else str(split_tag(tag)[1])
 
 
@@ -339,27 +348,95 @@ def write_report(
 # --- predicting and the stage ------------------------------------------------------------------------------------
 
 
+@dataclass
+class LabelledSplit:
+    """Words, gold IOB2 tags and document ids (for document context) of one split."""
+
+    tokens: list[list[str]]
+    gold: Tags
+    doc_ids: list[int] | None = None
+
+
+def labelled_split(name: str, sentences: Sequence[Any]) -> LabelledSplit:
+    """Accept `ingest.Sentence` objects or `(tokens, tags)` pairs; check that every word has a valid tag.
+
+    Raises:
+        DataError: a sentence whose token and tag counts differ, or a tag that is not O, B-<type> or I-<type>.
+    """
+    tokens: list[list[str]] = []
+    gold: Tags = []
+    doc_ids: list[int] = []
+    for i, sentence in enumerate(sentences):
+        if hasattr(sentence, "tokens"):
+            words, tags, doc = list(sentence.tokens), list(sentence.tags), getattr(sentence, "document_id", i)
+            where = getattr(sentence, "origin", "") or f"{name} sentence {i}"
+        elif isinstance(sentence, Sequence) and len(sentence) == 2:
+            words, tags = list(sentence[0]), list(sentence[1])
+            doc, where = i, f"{name} sentence {i}"  # bare pairs carry no documents: each is its own
+        else:
+            raise DataError(f"{name} sentence {i}: expected a Sentence or a (tokens, tags) pair, got {sentence!r:.80}")
+        if len(words) != len(tags):
+            raise DataError(f"{where}: {len(words)} tokens but {len(tags)} tags")
+        for tag in tags:
+            try:
+                split_tag(tag)
+            except ValueError:
+                raise DataError(f"{where}: tag {tag!r} is not O, B-<type> or I-<type>") from None
+        tokens.append(words)
+        gold.append(tags)
+        doc_ids.append(doc)
+    return LabelledSplit(tokens, gold, doc_ids)
+
+
 def predict_split(predictor: Any, tokens: list[list[str]], doc_ids: Sequence[int] | None = None) -> Tags:
-    """Word labels for a split, with document context when the model was trained with it."""
+    """Word labels for a split, with its neighbouring sentences as context when the model was trained with it."""
     from ner_pipeline.tokenize import document_neighbours
 
+    if not tokens:
+        return []
     contexts = None
     if doc_ids is not None and predictor.prep.document_context:
         contexts = []
         for i in range(len(tokens)):
             before, after = document_neighbours(doc_ids, i)
             contexts.append(([w for b in before for w in tokens[b]], [w for a in after for w in tokens[a]]))
-    return predictor.predict_words(tokens, contexts)
+    return predictor.predict_words(tokens, contexts=contexts)
+
+
+def score_splits(
+    predictor: Any, splits: Mapping[str, LabelledSplit], cfg: EvaluateConfig, model: str
+) -> tuple[EvalReport, Tags]:
+    """Predict and score every split; warn about gold types the model cannot predict.
+
+    Returns:
+        The report and the predictions of the last split (the one errors.jsonl and the plots describe).
+    """
+    known = {entity_type(t) for t in predictor.labels} - {OUTSIDE}
+    report = EvalReport(splits={}, model=model)
+    pred: Tags = []
+    for name, split in splits.items():
+        pred = predict_split(predictor, split.tokens, split.doc_ids)
+        scores = report.splits[name] = score_split(split.gold, pred, cfg, known)
+        logger.info("%s: F1 %.4f (conlleval), %.4f (strict)", name, scores["conlleval"]["f1"], scores["strict"]["f1"])
+        if scores["unknown_types"]:
+            logger.warning("%s: gold types unknown to the model, counted as misses: %s", name, scores["unknown_types"])
+    return report, pred
 
 
 def evaluate_key(cfg: EvaluateConfig, ingest_key: str, train_key: str) -> str:
+    """Key of the evaluate artifact. The train key already commits to the tokenize key (and so to the
+    preprocessing the predictor reads from the model folder), so the tokenize key is not repeated here."""
     return artifact_key(STAGE, VERSION, cfg, {"ingest": ingest_key, "train": train_key})
 
 
 def run_evaluate(
     cfg: EvaluateConfig, ingest_artifact: Artifact, train_artifact: Artifact, store: ArtifactStore
 ) -> Artifact:
-    """Score the trained model on validation and test; write reports and plots; flat metrics as stats."""
+    """Score the trained model on validation and test; write reports and plots; flat metrics as stats.
+
+    Words are predicted with the model folder's own preprocessing (windows, document context), exactly as the
+    predictor and the service do, and labels are mapped back word by word.
+    """
     from ner_pipeline.ingest import load_splits, read_labels
     from ner_pipeline.predict import Predictor
 
@@ -369,15 +446,16 @@ def run_evaluate(
         predictor = Predictor.load(train_artifact.path / "model", batch_size=cfg.batch_size)
         data = load_splits(ingest_artifact)
         names = read_labels(ingest_artifact)
-        known = {entity_type(t) for t in names} - {OUTSIDE}
-        report = EvalReport(splits={}, model=f"train/{train_artifact.key}")
-        for split in ("validation", "test"):
-            tokens = data[split]["tokens"]
-            gold = [[names[i] for i in row] for row in data[split]["ner_tags"]]
-            pred = predict_split(predictor, tokens, data[split]["document_id"])
-            report.splits[split] = score_split(gold, pred, cfg, known)
-            logger.info("%s F1 %.4f (conlleval)", split, report.splits[split]["conlleval"]["f1"])
-        write_report(report, folder, tokens, gold, pred, cfg)
+        splits = {
+            name: LabelledSplit(
+                list(data[name]["tokens"]),
+                [[names[i] for i in row] for row in data[name]["ner_tags"]],
+                list(data[name]["document_id"]),
+            )
+            for name in ("validation", "test")
+        }
+        report, pred = score_splits(predictor, splits, cfg, f"train/{train_artifact.key}")
+        write_report(report, folder, splits["test"].tokens, splits["test"].gold, pred, cfg)
         return report.flat_metrics()
 
     return store.build(
@@ -385,29 +463,33 @@ def run_evaluate(
     )
 
 
-def evaluate_model(model_dir: Path, splits: Mapping[str, list[Any]], cfg: EvaluateConfig, out_dir: Path) -> EvalReport:
-    """Score a model folder on sentences from any source (`ingest.read_evaluation_data`); write the report.
+def evaluate_model(
+    model_dir: Path, sentences_by_split: Mapping[str, Sequence[Any]], cfg: EvaluateConfig, out_dir: Path
+) -> EvalReport:
+    """Score a model folder on labelled sentences from any source and write the report files to `out_dir`.
 
-    Gold types the model does not know are listed in the report and count as misses.
+    Args:
+        model_dir: A model folder written by the train stage (or downloaded from the registry).
+        sentences_by_split: Split name → `ingest.Sentence` objects (see `ingest.read_evaluation_data`) or
+            `(tokens, tags)` pairs with IOB2 tags. errors.jsonl and the plots describe the last split.
+        cfg: Batch size, bootstrap samples and seed, number of sentences in errors.jsonl.
+        out_dir: Created if needed.
+
+    Gold types the model does not know are listed in the report (`unknown_types`), logged as a warning, and
+    scored as misses: the model cannot predict them, so they lower recall instead of failing the run.
+
+    Raises:
+        DataError: no sentences, or a sentence whose tokens and tags disagree.
+        ModelError: `model_dir` is not a model folder written by the train stage.
     """
     from ner_pipeline.predict import Predictor
 
+    splits = {name: labelled_split(name, sentences) for name, sentences in sentences_by_split.items()}
+    splits = {name: split for name, split in splits.items() if split.tokens}
+    if not splits:
+        raise DataError(f"nothing to evaluate: no sentences in splits {sorted(sentences_by_split)}")
     predictor = Predictor.load(Path(model_dir), batch_size=cfg.batch_size)
-    known = {entity_type(t) for t in predictor.labels} - {OUTSIDE}
-    report = EvalReport(splits={}, model=str(model_dir))
-    tokens: list[list[str]] = []
-    gold: Tags = []
-    pred: Tags = []
-    for split, sentences in splits.items():
-        tokens = [s.tokens for s in sentences]
-        gold = [s.tags for s in sentences]
-        pred = predict_split(predictor, tokens, [s.document_id for s in sentences])
-        report.splits[split] = score_split(gold, pred, cfg, known)
-        if report.splits[split]["unknown_types"]:
-            logger.warning(
-                "%s: gold types unknown to the model, counted as misses: %s",
-                split,
-                report.splits[split]["unknown_types"],
-            )
-    write_report(report, Path(out_dir), tokens, gold, pred, cfg)
+    report, pred = score_splits(predictor, splits, cfg, str(model_dir))
+    last = splits[list(splits)[-1]]
+    write_report(report, Path(out_dir), last.tokens, last.gold, pred, cfg)
     return report

@@ -3,12 +3,16 @@
 Raw text is split into words with exact character offsets, encoded with the model's saved preprocessing contract
 (the same windows as training), run in length-sorted batches, and merged back to one label per word; entities
 carry label, surface text, start/end offsets into the original string, and a score. Pre-split words give one
-label per word (what evaluation uses).
+label per word (what evaluation uses): `Predictor.predict_words` and `Predictor.predict_words_with_scores`.
+
+Backends only map padded token ids to logits (`Backend`); windowing, batching and merging live in `Predictor`, so
+every backend sees exactly the same inputs.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +34,9 @@ BackendName = Literal["torch", "onnx", "onnx-int8"]
 WORD_PATTERN = regex.compile(r"[\p{L}\p{M}\p{N}_]+(?:['’\-.][\p{L}\p{M}\p{N}_]+)*|[^\s\p{L}\p{M}\p{N}_]\p{M}*")
 # backend → ONNX files to try, best first (the graph-optimized fp32 file when the export made one)
 ONNX_FILES = {"onnx": ("model_optimized.onnx", "model.onnx"), "onnx-int8": ("model_quantized.onnx",)}
+# transformers fills a config without id2label with LABEL_0, LABEL_1, ...: a base model, not a fine-tuned tagger
+PLACEHOLDER_LABEL = re.compile(r"LABEL_\d+")
+Context = tuple[Sequence[str], Sequence[str]]
 
 
 class Entity(BaseModel):
@@ -146,6 +153,11 @@ class Predictor:
         config = AutoConfig.from_pretrained(str(model_dir))
         prep = Preprocessing.load(model_dir)
         names = [config.id2label[i] for i in range(len(config.id2label))] if config.id2label else []
+        if all(PLACEHOLDER_LABEL.fullmatch(n) for n in names):
+            raise ModelError(
+                f"{model_dir}/config.json: no id2label (only placeholder labels {names}); this is a base model, "
+                "not a fine-tuned token classifier; pass the train stage's model/ folder"
+            )
         if names != prep.labels:
             raise ModelError(f"{model_dir}: config.json labels {names} differ from preprocessing.json {prep.labels}")
         extra = {"add_prefix_space": True} if prep.add_prefix_space else {}
@@ -168,28 +180,29 @@ class Predictor:
     def word_probabilities(
         self,
         sentences: Sequence[Sequence[str]],
-        contexts: Sequence[tuple[Sequence[str], Sequence[str]]] | None = None,
+        contexts: Sequence[Context] | None = None,
         aggregation: Aggregation = "first",
+        batch_size: int | None = None,
     ) -> list[np.ndarray]:
         """Label probabilities per word (n_words x n_labels) for each sentence.
 
         Args:
-            sentences: Pre-split words.
-            contexts: Left/right context words per sentence (used when the model was trained with context).
+            sentences: Pre-split words; an empty sentence gives a 0 x n_labels array.
+            contexts: Left/right context words per sentence (the neighbouring sentences of its document); used
+                only when the model was trained with document context, ignored otherwise.
             aggregation: How subword probabilities make a word's: its first subword, their average, or the
                 subword with the highest score (as in Hugging Face pipelines).
+            batch_size: Windows per forward pass; None keeps the predictor's.
+
+        Raises:
+            PredictError: an empty list, a sentence that is not a list of strings, contexts of another length, or
+                a batch size below 1.
         """
-        self._check(sentences)
-        pieces = subwords_per_word(self.tokenizer, [list(s) for s in sentences if s])
-        pieces_iter = iter(pieces)
-        jobs: list[_Job] = []
-        for i, words in enumerate(sentences):
-            if not words:
-                continue
-            left, right = contexts[i] if contexts and self.prep.document_context else ((), ())
-            for window in encode_words(words, self.tokenizer, self.prep, None, left, right, next(pieces_iter)):
-                jobs.append(_Job(i, window))
-        probs = self._run([j.window.input_ids for j in jobs])
+        self._check(sentences, contexts)
+        if batch_size is not None and batch_size < 1:
+            raise PredictError(f"batch_size must be at least 1 (got {batch_size})")
+        jobs = self._windows(sentences, contexts if self.prep.document_context else None)
+        probs = self._run([j.window.input_ids for j in jobs], batch_size or self.batch_size)
         per_sentence: dict[int, tuple[list[list[int]], list[list[np.ndarray | None]]]] = {}
         for job, p in zip(jobs, probs, strict=True):
             ids, values = per_sentence.setdefault(job.sentence, ([], []))
@@ -204,9 +217,48 @@ class Predictor:
             result.append(np.stack(merge_windows(ids, values, len(words))))
         return result
 
-    def predict_words(self, sentences: Sequence[Sequence[str]], contexts: Any = None) -> list[list[str]]:
-        """One IOB2 label per word for each pre-split sentence."""
-        return [[self.labels[k] for k in p.argmax(-1)] for p in self.word_probabilities(sentences, contexts)]
+    def predict_words(
+        self,
+        sentences: Sequence[Sequence[str]],
+        contexts: Sequence[Context] | None = None,
+        batch_size: int | None = None,
+    ) -> list[list[str]]:
+        """One IOB2 label per word for each pre-split sentence (arguments as in `word_probabilities`)."""
+        return [
+            [self.labels[k] for k in p.argmax(-1)]
+            for p in self.word_probabilities(sentences, contexts, "first", batch_size)
+        ]
+
+    def predict_words_with_scores(
+        self,
+        sentences: Sequence[Sequence[str]],
+        contexts: Sequence[Context] | None = None,
+        batch_size: int | None = None,
+    ) -> tuple[list[list[str]], list[list[float]]]:
+        """Labels per word as `predict_words`, plus the probability the model gave each chosen label."""
+        probs = self.word_probabilities(sentences, contexts, "first", batch_size)
+        labels = [[self.labels[k] for k in p.argmax(-1)] for p in probs]
+        scores = [p.max(-1).astype(float).tolist() for p in probs]
+        return labels, scores
+
+    def _windows(self, sentences: Sequence[Sequence[str]], contexts: Sequence[Context] | None) -> list[_Job]:
+        """Every sentence's windows, tokenized in a few batch calls (one per tokenizer call is much slower)."""
+        present = [i for i, words in enumerate(sentences) if words]
+        pieces = dict(
+            zip(present, subwords_per_word(self.tokenizer, [list(sentences[i]) for i in present]), strict=True)
+        )
+        context_pieces: dict[int, tuple[list[list[int]], list[list[int]]]] = {}
+        if contexts is not None:
+            lefts = subwords_per_word(self.tokenizer, [list(contexts[i][0]) for i in present])
+            rights = subwords_per_word(self.tokenizer, [list(contexts[i][1]) for i in present])
+            context_pieces = dict(zip(present, zip(lefts, rights, strict=True), strict=True))
+        jobs: list[_Job] = []
+        for i in present:
+            windows = encode_words(
+                sentences[i], self.tokenizer, self.prep, pieces=pieces[i], context_pieces=context_pieces.get(i)
+            )
+            jobs += [_Job(i, window) for window in windows]
+        return jobs
 
     # --- raw text ------------------------------------------------------------------------------------------------
 
@@ -241,14 +293,21 @@ class Predictor:
 
     # --- batching ----------------------------------------------------------------------------------------------
 
-    def _check(self, sentences: Sequence[Sequence[str]]) -> None:
+    def _check(self, sentences: Sequence[Sequence[str]], contexts: Sequence[Context] | None = None) -> None:
         if not isinstance(sentences, Sequence) or isinstance(sentences, str) or len(sentences) == 0:
             raise PredictError("sentences: expected a non-empty list of word lists")
         for i, words in enumerate(sentences):
-            if isinstance(words, str) or not all(isinstance(w, str) for w in words):
-                raise PredictError(f"sentences[{i}]: expected a list of strings")
+            if not isinstance(words, Sequence) or isinstance(words, str):
+                raise PredictError(f"sentences[{i}]: expected a list of words, got {type(words).__name__}")
+            bad = next((w for w in words if not isinstance(w, str)), None)
+            if bad is not None:
+                raise PredictError(f"sentences[{i}]: expected a list of strings, got a {type(bad).__name__}: {bad!r}")
+        if contexts is not None and len(contexts) != len(sentences):
+            raise PredictError(
+                f"contexts: one (left, right) pair per sentence expected, got {len(contexts)} for {len(sentences)}"
+            )
 
-    def _batches(self, sequences: list[list[int]]) -> list[list[int]]:
+    def _batches(self, sequences: list[list[int]], batch_size: int) -> list[list[int]]:
         """Indices grouped into batches of similar length: at most `batch_size` sequences and, padding included,
         at most `max_batch_tokens` tokens, so a few long sentences do not make every short one pay for padding."""
         order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
@@ -256,7 +315,7 @@ class Predictor:
         current: list[int] = []
         for i in order:
             width = len(sequences[i])  # ascending, so the newest is the widest
-            if current and (len(current) >= self.batch_size or (len(current) + 1) * width > self.max_batch_tokens):
+            if current and (len(current) >= batch_size or (len(current) + 1) * width > self.max_batch_tokens):
                 batches.append(current)
                 current = []
             current.append(i)
@@ -264,10 +323,10 @@ class Predictor:
             batches.append(current)
         return batches
 
-    def _run(self, sequences: list[list[int]]) -> list[np.ndarray]:
+    def _run(self, sequences: list[list[int]], batch_size: int) -> list[np.ndarray]:
         """Probabilities per token for each sequence, batched by length to limit padding."""
         out: list[np.ndarray | None] = [None] * len(sequences)
-        for batch in self._batches(sequences):
+        for batch in self._batches(sequences, batch_size):
             width = max(len(sequences[i]) for i in batch)
             ids = np.full((len(batch), width), self.pad_id, dtype=np.int64)
             mask = np.zeros((len(batch), width), dtype=np.int64)

@@ -400,14 +400,19 @@ def list_versions(tracking_uri: str, name: str | None = None) -> list[dict[str, 
     """Registered versions with aliases, key metrics and creation time, newest first."""
     client = client_for(tracking_uri)
     query = f"name = '{name}'" if name else ""
+    versions = client.search_model_versions(query)
+    aliases: dict[tuple[str, str], list[str]] = {}
+    for model_name in {v.name for v in versions}:  # search results carry no aliases; the model does
+        for alias, number in (client.get_registered_model(model_name).aliases or {}).items():
+            aliases.setdefault((model_name, str(number)), []).append(alias)
     rows = []
-    for v in client.search_model_versions(query):
+    for v in versions:
         metrics = version_metrics(v)
         rows.append(
             {
                 "name": v.name,
-                "version": v.version,
-                "aliases": ",".join(getattr(v, "aliases", []) or []),
+                "version": str(v.version),
+                "aliases": ",".join(sorted(aliases.get((v.name, str(v.version)), []))),
                 "test_f1": metrics.get("test_f1"),
                 "test_f1_strict": metrics.get("test_f1_strict"),
                 "created": datetime.fromtimestamp(v.creation_timestamp / 1000, UTC).isoformat(timespec="seconds"),
