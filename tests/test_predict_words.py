@@ -161,5 +161,5 @@ def test_labels_that_disagree_with_the_preprocessing_contract_are_refused(tmp_pa
     contract = json.loads((folder / "preprocessing.json").read_text())
     contract["labels"] = [*TINY_LABELS[:1], *reversed(TINY_LABELS[1:])]
     (folder / "preprocessing.json").write_text(json.dumps(contract))
-    with pytest.raises(ModelError, match="differ from preprocessing.json"):
+    with pytest.raises(ModelError, match=r"differ from preprocessing\.json"):
         Predictor.load(folder)

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import PACKAGED_MODEL, REPO_ROOT, write_tiny_config
+from conftest import PACKAGED_MODEL, REPO_ROOT, free_port, write_tiny_config
 
 from ner_pipeline import pipeline
 from ner_pipeline.artifacts import ArtifactStore
@@ -121,7 +121,7 @@ def test_training_runs_data_parallel_under_torchrun(tmp_path: Path, tiny_base_di
             "--nproc_per_node",
             "2",
             "--master_port",
-            "0",
+            str(free_port()),
             "-m",
             "ner_pipeline.cli",
             "stage",
