@@ -116,7 +116,7 @@ def test_demo_page_is_served(client: TestClient):
 def registry_with_two_versions(tmp_path: Path, person_model: Path, location_model: Path) -> str:
     from ner_pipeline import registry
 
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = f"sqlite:///{tmp_path}/registry.db"  # not MLflow's default file name, so nothing finds it by accident
     cfg = RegistryConfig(model_name="ner-serve")
     for model, f1 in ((person_model, 0.5), (location_model, 0.6)):
         tags = {"metric.test_f1": str(f1), "data.test_fingerprint": "same"}
@@ -129,7 +129,9 @@ def registry_with_two_versions(tmp_path: Path, person_model: Path, location_mode
 def live_server(tmp_path: Path, registry_with_two_versions: str):
     port = free_port()
     log = (tmp_path / "serve.log").open("w")
-    env = {**os.environ, "NER_API_KEY": "k3y", "MLFLOW_TRACKING_URI": registry_with_two_versions}
+    # The URI comes from the config, not the environment: the registry download must follow it on its own.
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["NER_API_KEY"] = "k3y"
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -140,6 +142,8 @@ def live_server(tmp_path: Path, registry_with_two_versions: str):
             "models:/ner-serve@production",
             "--port",
             str(port),
+            "--set",
+            f"tracking.tracking_uri={registry_with_two_versions}",
         ],
         env=env,
         cwd=tmp_path,

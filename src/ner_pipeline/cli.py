@@ -130,7 +130,11 @@ def next_steps(summary: Any) -> str:
     if summary.registered:
         name, version = summary.registered["name"], summary.registered["version"]
         lines.append(f"  Registered: models:/{name}/{version} (alias challenger)")
-        lines.append(f"  Promote:    ner-pipeline promote --model {name} --version {version}")
+        if summary.decision:
+            lines.append(f"  Gate:       {summary.decision}")
+        lines.append(
+            f"  Promote:    ner-pipeline promote --model {name} --version {version}   (see: models history {name})"
+        )
     if summary.onnx_dir:
         lines.append(f"  ONNX:       {summary.onnx_dir}")
     if summary.registered:

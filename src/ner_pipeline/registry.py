@@ -10,7 +10,8 @@ from __future__ import annotations
 import getpass
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,6 +35,25 @@ TYPE_TAG = "type_f1."
 MODEL_ARTIFACT_PATH = "ner_model"
 # Evaluate's test metrics that are not per-entity-type scores.
 NOT_TYPES = {"strict", "ci_low", "ci_high"}
+
+
+@contextmanager
+def mlflow_uris(tracking_uri: str) -> Iterator[None]:
+    """Point MLflow's fluent API (tracking and registry) at `tracking_uri` for a block, then restore both.
+
+    `models:/` downloads and `register_model` read the registry URI, which does not follow the tracking URI
+    passed to a single call; without this they would look in MLflow's default store.
+    """
+    import mlflow
+
+    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous[0])
+        mlflow.set_registry_uri(previous[1])
 
 
 def client_for(tracking_uri: str) -> Any:
@@ -111,24 +131,18 @@ def log_and_register(
     artifacts = {"model": str(model_dir)}
     if onnx_dir is not None and onnx_dir.is_dir():
         artifacts["onnx"] = str(onnx_dir)
-    previous_uri = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
-    try:
-        with mlflow.start_run(run_id=run_id) as run:
-            signature, example = pyfunc_signature()
-            info = mlflow.pyfunc.log_model(
-                name=MODEL_ARTIFACT_PATH,
-                python_model=make_pyfunc_model(),
-                artifacts=artifacts,
-                signature=signature,
-                input_example=example,
-                pip_requirements=_pip_requirements(),
-            )
-            version = mlflow.register_model(info.model_uri, cfg.model_name, tags=dict(tags))
-            run_id = run.info.run_id
-    finally:
-        mlflow.set_tracking_uri(previous_uri)
+    with mlflow_uris(tracking_uri), mlflow.start_run(run_id=run_id) as run:
+        signature, example = pyfunc_signature()
+        info = mlflow.pyfunc.log_model(
+            name=MODEL_ARTIFACT_PATH,
+            python_model=make_pyfunc_model(),
+            artifacts=artifacts,
+            signature=signature,
+            input_example=example,
+            pip_requirements=_pip_requirements(),
+        )
+        version = mlflow.register_model(info.model_uri, cfg.model_name, tags=dict(tags))
+        run_id = run.info.run_id
     client.update_model_version(cfg.model_name, version.version, description=description)
     client.set_registered_model_alias(cfg.model_name, CHALLENGER, version.version)
     logger.info("registered %s version %s (alias %s)", cfg.model_name, version.version, CHALLENGER)
@@ -518,9 +532,8 @@ def fetch_model(model_uri: str, tracking_uri: str, dest: Path | None = None) -> 
     version = resolve_version(tracking_uri, model_uri)
     pinned = f"models:/{name}/{version.version}"  # the alias may move while we download
     try:
-        local = mlflow.artifacts.download_artifacts(
-            artifact_uri=pinned, tracking_uri=tracking_uri, dst_path=str(dest) if dest else None
-        )
+        with mlflow_uris(tracking_uri):
+            local = mlflow.artifacts.download_artifacts(artifact_uri=pinned, dst_path=str(dest) if dest else None)
     except MlflowException as exc:
         raise RegistryError(f"{model_uri}: {exc.message}") from None
     paths = logged_artifact_paths(Path(local))
