@@ -143,7 +143,7 @@ def live_server(tmp_path: Path, registry_with_two_versions: str):
             "--port",
             str(port),
             "--set",
-            f"tracking.tracking_uri={registry_with_two_versions}",
+            "tracking.tracking_uri=sqlite:///registry.db",  # relative to cwd, as the embedded default is
         ],
         env=env,
         cwd=tmp_path,
