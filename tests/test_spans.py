@@ -48,3 +48,36 @@ def test_bad_tags_are_rejected(bad: str):
 def test_label_order_is_o_then_sorted_types_in_b_i_pairs():
     assert label_list(["PER", "LOC", "ORG", "LOC"]) == ["O", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-PER", "I-PER"]
     assert entity_types(["O", "B-geo-loc", "I-geo-loc", "B-person"]) == ["geo-loc", "person"]
+
+
+def test_empty_and_all_outside_sequences():
+    assert to_iob2([]) == ([], 0)
+    assert to_iob2(["O", "O"]) == (["O", "O"], 0)
+    assert extract_spans([]) == []
+    assert extract_spans(["O", "O"]) == []
+
+
+def test_iob1_b_between_neighbours_of_one_type_is_kept():
+    tags, changed = to_iob2(["I-LOC", "B-LOC", "I-LOC", "O"])
+    assert tags == ["B-LOC", "B-LOC", "I-LOC", "O"] and changed == 1
+    assert extract_spans(tags) == [Span(0, 1, "LOC"), Span(1, 3, "LOC")]
+
+
+def test_to_iob2_is_idempotent():
+    once, _ = to_iob2(["I-ORG", "O", "I-PER", "I-PER", "I-LOC", "B-LOC"])
+    assert to_iob2(once) == (once, 0)
+
+
+def test_hyphenated_types_keep_their_full_name():
+    tags, changed = to_iob2(["I-geo-loc", "I-geo-loc", "B-other"])
+    assert tags == ["B-geo-loc", "I-geo-loc", "B-other"] and changed == 1
+    assert extract_spans(tags) == [Span(0, 2, "geo-loc"), Span(2, 3, "other")]
+
+
+def test_i_of_another_type_ends_the_current_entity():
+    assert extract_spans(["B-PER", "I-PER", "I-ORG", "O"]) == [Span(0, 2, "PER"), Span(2, 3, "ORG")]
+
+
+def test_to_iob2_rejects_bad_tags():
+    with pytest.raises(ValueError, match="tag 'E-PER' is not O"):
+        to_iob2(["B-PER", "E-PER"])

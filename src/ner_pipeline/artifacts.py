@@ -221,7 +221,7 @@ class ArtifactStore:
                 manifest = {
                     "stage": stage,
                     "key": key,
-                    "created": datetime.now(UTC).isoformat(timespec="seconds"),
+                    "created": datetime.now(UTC).isoformat(timespec="microseconds"),
                     "inputs": dict(inputs or {}),
                     "config": _canonical(config),
                     "stats": stats,
