@@ -61,9 +61,15 @@ def training_flow(
             log_stage_task(tracker, artifact)
         registered = summary.stages.get("register")
         if registered is not None and config.registry.auto_promote and ctx.tracking_uri:
-            decision = promote_task(ctx.tracking_uri, config.registry, registered.stats["version"])
-            summary.decision = decision.summary()
-            logger.info(summary.decision)
+            version = registered.stats["version"]
+            if "register" in summary.computed:
+                decision = promote_task(ctx.tracking_uri, config.registry, version)
+                summary.decision = decision.summary()
+                logger.info(summary.decision)
+            else:  # the gate ran when this version was registered; a rerun must not pile refusals on the audit
+                logger.info(
+                    "version %s was registered earlier and its gate decided then (rerun: ner-pipeline promote)", version
+                )
     except BaseException:
         end_run_task(tracker, "FAILED")
         raise

@@ -40,8 +40,8 @@ def retry_unless_user_error(task: Task[..., Any], task_run: TaskRun, state: Stat
     """Retry passing failures (network, locks); a bad config or bad data fails at once."""
     try:
         state.result()
-    except NerPipelineError:
-        return False
+    except NerPipelineError as exc:
+        return exc.transient
     except Exception:
         return True
     return False

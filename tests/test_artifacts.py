@@ -121,13 +121,30 @@ def test_prune_keeps_newest_protected_and_their_lineage(tmp_path: Path):
     store = ArtifactStore(tmp_path)
     ingest = store.build("ingest", "i1", write_value("i"))
     old = store.build("train", "t-old", write_value("1"), inputs={"ingest": ingest.key})
-    time.sleep(1.1)  # manifests record creation to the second
+    time.sleep(0.01)  # manifests record creation to the microsecond
     store.build("train", "t-mid", write_value("2"), inputs={"ingest": ingest.key})
-    time.sleep(1.1)
+    time.sleep(0.01)
     newest = store.build("train", "t-new", write_value("3"), inputs={"ingest": ingest.key})
     removed = store.prune(keep_last=1, protected={old.key})
     assert [a.key for a in removed] == ["t-mid"]
     assert {a.key for a in store.list()} == {ingest.key, old.key, newest.key}
+
+
+def test_prune_clears_what_killed_builds_left_but_keeps_resumable_checkpoints(tmp_path: Path):
+    store = ArtifactStore(tmp_path)
+    ingest = store.build("ingest", "i1", write_value("i"))
+    train = store.build("train", "t1", write_value("1"), inputs={"ingest": ingest.key})
+    store.build("train", "t2", write_value("2"), inputs={"ingest": ingest.key})
+    killed_build = tmp_path / "train" / ".tmp-t3-4242-abcdef01"
+    finished_work = tmp_path / "train" / ".work-t1"  # checkpoints of a key whose artifact is complete
+    resumable_work = tmp_path / "train" / ".work-t4"  # checkpoints of a training that may still resume
+    for folder in (killed_build, finished_work, resumable_work):
+        (folder / "checkpoint-5").mkdir(parents=True)
+
+    removed = store.prune(keep_last=0, protected={train.key})
+    assert [a.key for a in removed] == ["t2"]  # t1 and its lineage belong to a registered version
+    assert not killed_build.exists() and not finished_work.exists()
+    assert resumable_work.is_dir()
 
 
 def test_require_names_the_stage_to_run(tmp_path: Path):

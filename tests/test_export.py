@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 
 from ner_pipeline.config import EvaluateConfig, ExportConfig
 from ner_pipeline.evaluate import run_evaluate
-from ner_pipeline.export import PARITY_FILE, quantization_target, run_export, serving_default
+from ner_pipeline.export import PARITY_FILE, export_key, quantization_target, run_export, serving_default
 from ner_pipeline.ingest import load_splits
-from ner_pipeline.predict import Predictor, split_words
+from ner_pipeline.predict import Predictor, onnx_file, split_words
 
 pytestmark = pytest.mark.slow
 
@@ -61,9 +63,12 @@ def test_raw_text_predictions_equal_the_evaluate_stage_on_the_same_sentences(wnu
             continue  # only sentences whose words the raw-text splitter reproduces exactly
         [entities] = predictor.predict(text)
         words = [(start, end) for _, start, end in split_words(text)]
-        spans = [(next(i for i, w in enumerate(words) if w[0] == e.start), e.label) for e in entities]
-        expected = [(p["start"], p["label"]) for p in by_tokens[tuple(tokens)]["predicted"]]
-        assert spans == expected, text
+        # Character offsets back to word spans (end exclusive, as evaluate records them): both edges must agree.
+        first = {start: i for i, (start, _) in enumerate(words)}
+        after = {end: i + 1 for i, (_, end) in enumerate(words)}
+        spans = [(first[e.start], after[e.end], e.label) for e in entities]
+        expected = [(p["start"], p["end"], p["label"]) for p in by_tokens[tuple(tokens)]["predicted"]]
+        assert sorted(spans) == sorted(expected), text
         checked += 1
     assert checked >= 20
 
@@ -73,3 +78,30 @@ def test_quantization_target_follows_the_cpu():
     assert quantization_target("auto", {"avx2", "avx512f"}) == "avx512"
     assert quantization_target("auto", {"avx2", "avx512f", "avx512_vnni"}) == "avx512_vnni"
     assert quantization_target("avx2", {"avx512_vnni"}) == "avx2"
+
+
+def test_export_key_follows_the_instruction_set_auto_resolves_to():
+    here = quantization_target("auto")
+    elsewhere = next(t for t in ("avx2", "avx512_vnni") if t != here)
+
+    def key(quantization: str) -> str:
+        return export_key(ExportConfig(quantization=quantization), "ingest-key", "train-key")
+
+    assert key("auto") == key(here)
+    assert key("auto") != key(elsewhere)  # an int8 graph made for another CPU is not a cache hit here
+
+
+def test_a_variant_the_parity_check_rejected_is_not_loaded_for_its_backend(exported, tmp_path: Path):
+    folder = tmp_path / "export"
+    shutil.copytree(exported.path, folder)
+    assert onnx_file(folder, "onnx").name == "model_optimized.onnx"
+
+    parity = json.loads((folder / PARITY_FILE).read_text())
+    parity["onnx-optimized"]["accepted"] = False
+    (folder / PARITY_FILE).write_text(json.dumps(parity))
+    assert onnx_file(folder, "onnx").name == "model.onnx"
+    predictor = Predictor.load(folder, backend="onnx")
+    assert predictor.predict(["Paris"])  # the plain graph loads and runs
+
+    (folder / PARITY_FILE).unlink()  # an export made by hand: the best file present
+    assert onnx_file(folder, "onnx").name == "model_optimized.onnx"

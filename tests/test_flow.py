@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import write_tiny_config
 
+from ner_pipeline import registry
 from ner_pipeline.artifacts import ArtifactStore
 
 pytestmark = pytest.mark.slow
@@ -45,6 +46,13 @@ def test_second_run_recomputes_nothing_and_a_hyperparameter_change_reruns_train_
     assert changed.stages["tokenize"].key == first.stages["tokenize"].key
     assert changed.stages["train"].key != first.stages["train"].key
     assert changed.registered == {"name": "ner-tiny", "version": "2"}
+
+    # auto_promote (on in quickstart): the gate runs once per newly registered version, never on a cached one.
+    assert first.decision.startswith("PROMOTE ner-tiny v- -> v1") and second.decision is None
+    assert changed.decision is not None
+    audit = registry.history(f"sqlite:///{tmp_path}/mlflow.db", "ner-tiny")
+    assert audit[0]["action"] == "promote"
+    assert [e["to_version"] for e in audit] == ["1", "2"]
 
 
 def test_only_and_from_run_exactly_the_stages_asked_for(harness, tmp_path: Path, tiny_base_dir: Path):

@@ -96,7 +96,14 @@ def test_forced_promotion_needs_a_reason_and_is_recorded(tmp_path: Path, tiny_mo
     forced = registry.promote(uri, CFG, NAME, v2, force=True, reason="hotfix for a tokenizer bug")
     assert forced.accepted and forced.forced and "hotfix" in forced.reason
     assert registry.history(uri, NAME)[-1]["forced"] is True
+    tags = registry.client_for(uri).get_model_version(NAME, v2).tags
+    assert tags["promotion.last_decision"] == "promote" and tags["promotion.last_actor"] == forced.actor
     assert registry.protected_artifact_keys(uri) == {"train-0.8-0.8", "train-0.6-0.6"}
+
+    essay = "rolled back by hand after an incident; " * 500  # far beyond what a tag value may hold
+    registry.rollback(uri, NAME, reason=essay)
+    last = registry.history(uri, NAME)[-1]
+    assert last["action"] == "rollback" and last["to_version"] == v1 and len(last["reason"]) <= 2000
 
 
 def test_version_without_the_metric_is_refused_with_the_reason(tmp_path: Path, tiny_model_dir: Path):

@@ -240,3 +240,37 @@ def test_polling_swaps_in_the_version_the_alias_moved_to(person_model: Path, loc
         while client.get("/model").json()["version"] != "2" and time.monotonic() < deadline:
             time.sleep(0.1)
         assert client.post("/predict", json={"texts": ["Paris"]}).json()["entities"][0][0]["label"] == "LOC"
+
+
+def test_a_failed_reload_keeps_serving_and_the_next_poll_swaps_and_frees_the_old_download(
+    person_model: Path, location_model: Path, tmp_path: Path
+):
+    alias_points_at = {"version": "1"}
+    folders = {"1": person_model, "2": location_model}
+    failures = {"left": 1}
+
+    def loader() -> ModelHandle:
+        version = alias_points_at["version"]
+        if version == "2" and failures["left"]:
+            failures["left"] -= 1
+            raise OSError("registry download cut off")
+        handle = load_handle(str(folders[version]), "torch", None)
+        handle.info.version = version
+        handle.workdir = tmp_path / f"download-{version}"  # what load_handle sets for a models:/ source
+        handle.workdir.mkdir()
+        return handle
+
+    app = create_app(
+        ServeConfig(reload_poll_seconds=0.2), loader=loader, current_version=lambda: alias_points_at["version"]
+    )
+    with TestClient(app) as client:
+        alias_points_at["version"] = "2"
+        deadline = time.monotonic() + 30
+        while client.get("/model").json()["version"] != "2" and time.monotonic() < deadline:
+            assert client.post("/predict", json={"texts": ["Paris"]}).status_code == 200
+            time.sleep(0.1)
+        assert failures["left"] == 0, "the first reload failed"
+        assert client.get("/model").json()["version"] == "2", "a later poll retried and swapped"
+        assert not (tmp_path / "download-1").exists()
+        assert (tmp_path / "download-2").is_dir()
+    assert not (tmp_path / "download-2").exists()  # shutdown frees the served download too

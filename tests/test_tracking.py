@@ -10,6 +10,7 @@ from conftest import write_tiny_config
 from ner_pipeline import pipeline, tracking
 from ner_pipeline.artifacts import ArtifactStore
 from ner_pipeline.config import TrackingConfig, load_config
+from ner_pipeline.train import read_history
 
 pytestmark = pytest.mark.slow
 
@@ -42,7 +43,9 @@ def test_a_pipeline_run_is_one_mlflow_run_with_everything_a_user_compares(tmp_pa
     assert "version.transformers" in tags and "mlflow.source.git.commit" in tags
 
     per_epoch = client.get_metric_history(tracker.run_id, "eval_f1")
-    assert [m.step for m in per_epoch] == [1, 2]
+    steps = [r["step"] for r in read_history(done["train"])]
+    assert [m.step for m in per_epoch] == steps and steps[0] < steps[1]  # one point per evaluation
+    assert [m.value for m in client.get_metric_history(tracker.run_id, "epoch")] == [1.0, 2.0]
     assert len(client.get_metric_history(tracker.run_id, "train_loss")) == 2
     assert run.data.metrics["test_f1"] == pytest.approx(done["evaluate"].stats["test_f1"])
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -33,7 +34,8 @@ from ner_pipeline.train import (
 
 # Runs ingest → tokenize → train for a PipelineConfig given as JSON; used in a child process and under torchrun.
 STAGES_SCRIPT = """
-import os, sys
+import logging, os, sys
+logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
 from ner_pipeline.artifacts import ArtifactStore
 from ner_pipeline.config import PipelineConfig
 from ner_pipeline.ingest import run_ingest
@@ -282,3 +284,44 @@ def test_training_runs_data_parallel_under_torchrun(tmp_path: Path, tiny_base_di
     finished = sorted(line for line in result.stdout.splitlines() if line.startswith("rank="))
     key = manifest.parent.name
     assert finished == [f"rank=0 key={key}", f"rank=1 key={key}"]
+
+
+@pytest.mark.slow
+def test_two_runs_of_one_training_at_once_train_it_once_and_share_the_artifact(tmp_path: Path, tiny_base_dir: Path):
+    cfg = tiny_config(tmp_path, tiny_base_dir, max_sentences=100, max_steps=30, save_steps=5, batch_size=4)
+    logs = [tmp_path / f"run-{i}.log" for i in range(2)]
+    procs = []
+    for log in logs:  # overlapping scheduled runs: same config, same artifact store
+        with log.open("w") as out:
+            command = [sys.executable, "-c", STAGES_SCRIPT, cfg.model_dump_json()]
+            procs.append(subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT))
+    assert [p.wait(timeout=600) for p in procs] == [0, 0], [log.read_text()[-2000:] for log in logs]
+
+    texts = [log.read_text() for log in logs]
+    [manifest] = (Path(cfg.artifacts_root) / "train").glob("*/manifest.json")
+    assert all(f"key={manifest.parent.name}" in text for text in texts)
+    assert sum(text.count("train: cache miss") for text in texts) == 1, "only one of them trained"
+    assert not list((Path(cfg.artifacts_root) / "train").glob(".work-*"))
+
+
+@pytest.mark.slow
+def test_a_hub_model_id_goes_through_the_same_stages(tmp_path: Path, tiny_base_dir: Path):
+    """The Hub is unreachable here, so the download is replaced by what it leaves behind: the model's files in a
+    Hugging Face cache, laid out as huggingface_hub lays out `bert-base-cased`. Everything else is the real path
+    a user online takes with `model.name_or_path: bert-base-cased`."""
+    commit = "0" * 40
+    repo = tmp_path / "hf-cache" / "models--bert-base-cased"
+    shutil.copytree(tiny_base_dir, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    cfg = tiny_config(tmp_path, "bert-base-cased", max_sentences=100, max_steps=2)
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hf-cache"), "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-c", STAGES_SCRIPT, cfg.model_dump_json()]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stdout[-3000:]
+
+    [trained] = (Path(cfg.artifacts_root) / "train").glob("*/manifest.json")
+    manifest = json.loads(trained.read_text())
+    assert manifest["config"]["model"]["name_or_path"] == "bert-base-cased"
+    config = json.loads((trained.parent / "model" / "config.json").read_text())
+    assert config["architectures"] == ["BertForTokenClassification"] and "B-person" in config["label2id"]

@@ -169,10 +169,23 @@ class ArtifactStore:
         return folder
 
     @contextmanager
-    def _lock(self, stage: str, key: str) -> Iterator[None]:
+    def claim_work(self, stage: str, key: str) -> Iterator[None]:
+        """Hold, across processes, the right to work on `key` in its work folder (e.g. a whole training run).
+
+        A second run of the same key waits here and then finds the artifact built. A lock of its own, so the
+        holder can still call `build` (which takes the build lock) inside it.
+        """
+        with self._lock(stage, key, "work"):
+            yield
+
+    def _lock_file(self, stage: str, key: str, purpose: str) -> Path:
         lock_dir = self.root / stage / ".locks"
         lock_dir.mkdir(parents=True, exist_ok=True)
-        with (lock_dir / f"{key}.lock").open("w") as handle:
+        return lock_dir / (f"{key}.lock" if purpose == "build" else f"{key}.{purpose}.lock")
+
+    @contextmanager
+    def _lock(self, stage: str, key: str, purpose: str = "build") -> Iterator[None]:
+        with self._lock_file(stage, key, purpose).open("w") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
                 yield
@@ -255,7 +268,8 @@ class ArtifactStore:
         """Delete all but the newest `keep_last` artifacts of each stage.
 
         Artifacts whose key is in `protected` (e.g. keys recorded on registered model versions) are kept, and so
-        is every upstream artifact of a kept one, so lineage stays resolvable.
+        is every upstream artifact of a kept one, so lineage stays resolvable. Leftovers of killed builds go too
+        (see `remove_leftovers`).
 
         Returns:
             The artifacts removed (or that would be, with dry_run).
@@ -283,4 +297,46 @@ class ArtifactStore:
             os.rename(artifact.path, trash)  # vanish atomically, then delete at leisure
             shutil.rmtree(trash, ignore_errors=True)
             logger.info("pruned %s/%s", artifact.stage, artifact.key)
+        if not dry_run:
+            self.remove_leftovers()
         return removed
+
+    def remove_leftovers(self) -> list[Path]:
+        """Delete what killed builds left behind and nobody is working on: temporary build folders, and work
+        folders (training checkpoints) of keys whose artifact is complete. The work folder of an unfinished key
+        stays, so its training can still resume.
+
+        Returns:
+            The folders removed.
+        """
+        removed: list[Path] = []
+        for stage_dir in (p for p in self.root.iterdir() if p.is_dir()) if self.root.is_dir() else []:
+            for folder in [*stage_dir.glob(".tmp-*"), *stage_dir.glob(".trash-*"), *stage_dir.glob(".work-*")]:
+                kind, _, rest = folder.name.partition("-")
+                # .tmp-<key>-<pid>-<hex>, .trash-<key>-<hex>, .work-<key>
+                key = {".tmp": lambda r: r.rsplit("-", 2)[0], ".trash": lambda r: r.rsplit("-", 1)[0]}.get(
+                    kind, lambda r: r
+                )(rest)
+                if kind == ".work" and self.get(stage_dir.name, key) is None:
+                    continue  # resumable
+                lock = "work" if kind == ".work" else "build"
+                with self._try_lock(stage_dir.name, key, lock) as free:
+                    if free:
+                        shutil.rmtree(folder, ignore_errors=True)
+                        removed.append(folder)
+                        logger.info("removed leftover %s", folder)
+        return removed
+
+    @contextmanager
+    def _try_lock(self, stage: str, key: str, purpose: str) -> Iterator[bool]:
+        """Like `_lock`, but yields False at once when another process holds the lock."""
+        with self._lock_file(stage, key, purpose).open("w") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)

@@ -73,6 +73,8 @@ def offline_defaults() -> None:
     os.environ.setdefault("PREFECT_HOME", str(Path.cwd() / ".prefect"))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "ner_pipeline")
+    # Library logs outside a flow run (e.g. `ner-pipeline stage`) go to the console only, without a warning each.
+    os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
     os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -391,8 +393,12 @@ def predict(
     if not texts:
         raise PredictError("nothing to tag: give text arguments, --file or --jsonl")
     uri = tracking.resolve_tracking_uri(cfg.tracking, os.environ)
-    handle = load_handle(model_source(cfg, model), backend or cfg.serve.backend, uri, onnx)
-    for original, entities in zip(texts, handle.predictor.predict(texts, aggregation=aggregation), strict=True):
+    handle = load_handle(model_source(cfg, model), backend or cfg.serve.backend, uri, onnx, cfg.serve.threads)
+    try:
+        results = handle.predictor.predict(texts, aggregation=aggregation)
+    finally:
+        handle.close()
+    for original, entities in zip(texts, results, strict=True):
         typer.echo(json.dumps({"text": original, "entities": [e.model_dump() for e in entities]}, ensure_ascii=False))
 
 

@@ -180,6 +180,7 @@ class ServeConfig(_Section):
     batch_wait_ms: float = Field(5.0, ge=0)
     api_key_env: str = Field("NER_API_KEY", description="Environment variable holding the API key, if any.")
     reload_poll_seconds: float | None = Field(None, gt=0, description="Poll the alias this often (None: off).")
+    threads: int | None = Field(None, gt=0, description="Inference threads (None: the runtime's default).")
 
 
 class PipelineConfig(_Section):

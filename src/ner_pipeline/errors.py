@@ -10,6 +10,9 @@ from __future__ import annotations
 class NerPipelineError(Exception):
     """Base class for errors a user can act on."""
 
+    #: True when trying again later can help (the network, a busy server); orchestrators retry only these.
+    transient: bool = False
+
 
 class ConfigError(NerPipelineError):
     """A config file or override is invalid."""
@@ -17,6 +20,12 @@ class ConfigError(NerPipelineError):
 
 class DataError(NerPipelineError):
     """Input data is malformed: names the file and line."""
+
+
+class SourceUnavailableError(DataError):
+    """A remote data source could not be reached (retrying may help)."""
+
+    transient = True
 
 
 class ArtifactError(NerPipelineError):

@@ -18,19 +18,22 @@ import numpy as np
 from ner_pipeline.artifacts import Artifact, ArtifactStore, artifact_key, write_json_atomic
 from ner_pipeline.config import ExportConfig
 from ner_pipeline.errors import ExportError
+from ner_pipeline.predict import PARITY_FILE
 from ner_pipeline.tokenize import PREPROCESSING_FILE
 
 logger = logging.getLogger(__name__)
 
 STAGE = "export"
 VERSION = "2"  # 2: int8 quantizes MatMul only
-PARITY_FILE = "parity.json"
 # variant name → file written by optimum (and the Predictor backend that loads it)
 VARIANTS = {"onnx": "model.onnx", "onnx-optimized": "model_optimized.onnx", "onnx-int8": "model_quantized.onnx"}
 
 
 def export_key(cfg: ExportConfig, ingest_key: str, train_key: str) -> str:
-    return artifact_key(STAGE, VERSION, cfg, {"ingest": ingest_key, "train": train_key})
+    """The export's cache key; `quantization: auto` is resolved first, so an int8 graph quantized for another
+    CPU's instruction set (e.g. VNNI) is never reused on this one."""
+    resolved = {**cfg.model_dump(mode="json"), "quantization": quantization_target(cfg.quantization)}
+    return artifact_key(STAGE, VERSION, resolved, {"ingest": ingest_key, "train": train_key})
 
 
 def cpu_flags() -> set[str]:

@@ -21,7 +21,7 @@ from typing import Any
 
 from ner_pipeline.artifacts import Artifact, ArtifactStore, artifact_key, hash_files, write_json_atomic
 from ner_pipeline.config import DataConfig
-from ner_pipeline.errors import DataError
+from ner_pipeline.errors import DataError, SourceUnavailableError
 from ner_pipeline.spans import entity_types, extract_spans, label_list, split_tag, to_iob2
 
 logger = logging.getLogger(__name__)
@@ -38,6 +38,7 @@ SPLIT_NAMES = {
 }
 CONLL_SUFFIXES = ("", ".txt", ".conll", ".iob", ".bio", ".tsv")
 JSONL_SUFFIXES = (".jsonl", ".json")
+PARQUET_REVISION = "refs/convert/parquet"  # the Hub's automatic Parquet copy of a dataset
 # Only tabs and spaces separate columns: str.split() would also cut at a no-break space inside a token.
 COLUMN_SEPARATOR = re.compile(r"[ \t]+")
 
@@ -296,13 +297,41 @@ def _tag_names(feature: Any, cfg: DataConfig) -> list[str] | None:
     )
 
 
-def _read_hub(cfg: DataConfig) -> tuple[dict[str, list[Sentence]], dict[str, str]]:
+def _is_network_trouble(exc: BaseException) -> bool:
+    """A connection or timeout failure anywhere in the exception chain (not a missing dataset or refused login)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        names = {cls.__name__ for cls in type(seen).__mro__}
+        if names & {"ConnectionError", "TimeoutError", "Timeout", "TimeoutException", "TransportError"}:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _load_hub_dataset(cfg: DataConfig) -> Any:
+    """`load_dataset` on the configured id; a legacy script dataset is read from the Hub's Parquet conversion.
+
+    datasets >= 4 runs no loading scripts, and some of the best-known NER sets on the Hub (`conll2003` among them)
+    are still script-based; the Hub keeps an automatic Parquet copy of every public dataset, with the same
+    features, under the revision `refs/convert/parquet`.
+    """
     from datasets import load_dataset
 
     try:
-        data = load_dataset(str(cfg.path), cfg.hub_config, revision=cfg.revision)
+        return load_dataset(str(cfg.path), cfg.hub_config, revision=cfg.revision)
+    except RuntimeError as exc:
+        if "scripts are no longer supported" not in str(exc) or cfg.revision is not None:
+            raise
+    logger.info("Hub dataset '%s' is script-based; reading its Parquet conversion (%s)", cfg.path, PARQUET_REVISION)
+    return load_dataset(str(cfg.path), cfg.hub_config, revision=PARQUET_REVISION)
+
+
+def _read_hub(cfg: DataConfig) -> tuple[dict[str, list[Sentence]], dict[str, str]]:
+    try:
+        data = _load_hub_dataset(cfg)
     except Exception as exc:  # connection, missing dataset, auth: all need the user's attention
-        raise DataError(f"data.path: could not load Hub dataset '{cfg.path}': {exc}") from exc
+        error = SourceUnavailableError if _is_network_trouble(exc) else DataError
+        raise error(f"data.path: could not load Hub dataset '{cfg.path}': {exc}") from exc
     aliases = {"validation": ("validation", "valid", "dev")}
     result: dict[str, list[Sentence]] = {}
     origins: dict[str, str] = {}
@@ -538,6 +567,18 @@ def read_labels(artifact: Artifact) -> list[str]:
     return json.loads((artifact.path / "labels.json").read_text(encoding="utf-8"))
 
 
+def evaluation_source(data: str, cfg: DataConfig) -> DataConfig:
+    """The data section pointed at `data`. A wnut16 section names no path, so the source is read off `data`:
+    a folder of JSON Lines, a folder of CoNLL files, else a Hub dataset id."""
+    if cfg.source != "wnut16":
+        return cfg.model_copy(update={"path": data})
+    if data == "wnut16":
+        return cfg
+    folder = Path(data)
+    source = ("jsonl" if any(folder.glob("*.jsonl")) else "conll") if folder.is_dir() else "hub"
+    return cfg.model_copy(update={"source": source, "path": data, "scheme": "auto"})
+
+
 def read_evaluation_data(data: str, cfg: DataConfig) -> dict[str, list[Sentence]]:
     """Sentences to score a model on: one CoNLL/JSONL file becomes a test split; anything else a full source.
 
@@ -549,8 +590,7 @@ def read_evaluation_data(data: str, cfg: DataConfig) -> dict[str, list[Sentence]
     path = Path(data)
     if path.is_file():
         return {"test": read_single_file(path)}
-    source = cfg.model_copy(update={"path": data}) if cfg.source != "wnut16" else cfg
-    raw, origins = _read_source(source)
+    raw, origins = _read_source(evaluation_source(data, cfg))
     result: dict[str, list[Sentence]] = {}
     for split in ("validation", "test"):
         if not raw[split]:

@@ -11,6 +11,7 @@ every backend sees exactly the same inputs.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Sequence
@@ -34,9 +35,33 @@ BackendName = Literal["torch", "onnx", "onnx-int8"]
 WORD_PATTERN = regex.compile(r"[\p{L}\p{M}\p{N}_]+(?:['’\-.][\p{L}\p{M}\p{N}_]+)*|[^\s\p{L}\p{M}\p{N}_]\p{M}*")
 # backend → ONNX files to try, best first (the graph-optimized fp32 file when the export made one)
 ONNX_FILES = {"onnx": ("model_optimized.onnx", "model.onnx"), "onnx-int8": ("model_quantized.onnx",)}
+PARITY_FILE = "parity.json"  # written by the export stage: per variant, its file and whether it was accepted
 # transformers fills a config without id2label with LABEL_0, LABEL_1, ...: a base model, not a fine-tuned tagger
 PLACEHOLDER_LABEL = re.compile(r"LABEL_\d+")
 Context = tuple[Sequence[str], Sequence[str]]
+
+
+def onnx_file(folder: Path, backend: str) -> Path:
+    """The ONNX file to load for `backend`: the best one present that the export's parity check accepted.
+
+    Without a parity record (an export made by hand) the best file present is used; when the record accepts none
+    of them, the backend was asked for explicitly, so the best file present is loaded with a warning.
+    """
+    present = [folder / name for name in ONNX_FILES[backend] if (folder / name).is_file()]
+    if not present:
+        return folder / ONNX_FILES[backend][-1]  # OnnxBackend names the missing file
+    record = folder / PARITY_FILE
+    if not record.is_file():
+        return present[0]
+    report = json.loads(record.read_text(encoding="utf-8"))
+    accepted = {row.get("file") for row in report.values() if isinstance(row, dict) and row.get("accepted")}
+    chosen = next((path for path in present if path.name in accepted), None)
+    if chosen is None:
+        logger.warning(
+            "%s: the export's parity check rejected %s; loading it because it was asked for", folder, present[0].name
+        )
+        return present[0]
+    return chosen
 
 
 class Entity(BaseModel):
@@ -166,11 +191,7 @@ class Predictor:
         if backend == "torch":
             engine = TorchBackend(model_dir, threads)
         elif backend in ONNX_FILES:
-            folder = Path(onnx_dir or model_dir)
-            found = next(
-                (folder / f for f in ONNX_FILES[backend] if (folder / f).is_file()), folder / ONNX_FILES[backend][-1]
-            )
-            engine = OnnxBackend(found, backend, threads)
+            engine = OnnxBackend(onnx_file(Path(onnx_dir or model_dir), backend), backend, threads)
         else:
             raise ModelError(f"backend must be torch, onnx or onnx-int8 (got {backend!r})")
         return cls(engine, tokenizer, prep, batch_size)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import getpass
 import json
 import logging
+import time
+import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -140,6 +142,8 @@ def log_and_register(
             signature=signature,
             input_example=example,
             pip_requirements=_pip_requirements(),
+            # Our package travels with the model, so `mlflow models serve` works where ner-pipeline is not installed.
+            code_paths=[str(Path(__file__).resolve().parent)],
         )
         version = mlflow.register_model(info.model_uri, cfg.model_name, tags=dict(tags))
         run_id = run.info.run_id
@@ -149,10 +153,15 @@ def log_and_register(
     return {"name": cfg.model_name, "version": str(version.version), "run_id": run_id, "model_uri": info.model_uri}
 
 
+# What the logged model's code (ner_pipeline.predict and the modules it imports) needs at load time.
+PYFUNC_REQUIREMENTS = ("torch", "transformers", "onnxruntime", "mlflow", "numpy", "regex", "pydantic", "pyyaml")
+
+
 def _pip_requirements() -> list[str]:
+    """Pinned to the versions that trained and exported the model (ner-pipeline itself goes in code_paths)."""
     from importlib.metadata import version
 
-    return [f"{p}=={version(p)}" for p in ("torch", "transformers", "onnxruntime", "mlflow")] + ["ner-pipeline"]
+    return [f"{p}=={version(p)}" for p in PYFUNC_REQUIREMENTS]
 
 
 def run_register(
@@ -174,7 +183,9 @@ def run_register(
     def produce(folder: Path) -> dict[str, Any]:
         train, evaluation = upstream["train"], upstream["evaluate"]
         export = upstream.get("export")
-        tags = version_tags(evaluation, upstream.get("ingest"), keys, extra_tags or {})
+        # The register artifact's own key too: it records this registration, and pruning it would make an
+        # unchanged rerun register the same model again.
+        tags = version_tags(evaluation, upstream.get("ingest"), {**keys, STAGE: key}, extra_tags or {})
         record = log_and_register(
             cfg,
             train.path / "model",
@@ -387,12 +398,20 @@ def rollback(tracking_uri: str, name: str, reason: str | None = None) -> Decisio
 
 def _record(client: Any, decision: Decision, version: str | None) -> None:
     """Append the decision to the model's audit trail and tag the version it concerns."""
-    model = client.get_registered_model(decision.model)
-    count = sum(1 for k in (model.tags or {}) if k.startswith(AUDIT_TAG))
-    client.set_registered_model_tag(decision.model, f"{AUDIT_TAG}{count + 1:06d}", json.dumps(asdict(decision)))
+    # A time-ordered key with a random tail: two decisions recorded at once cannot overwrite each other's entry,
+    # as numbering by counting the existing entries could.
+    entry = f"{AUDIT_TAG}{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
+    record = asdict(decision)
+    record["reason"] = _clip(decision.reason)  # a tag value is bounded; a pasted essay must not fail the promotion
+    client.set_registered_model_tag(decision.model, entry, json.dumps(record))
     if version is not None:
         client.set_model_version_tag(decision.model, version, "promotion.last_decision", decision.action)
-        client.set_model_version_tag(decision.model, version, "promotion.last_reason", decision.reason[:5000])
+        client.set_model_version_tag(decision.model, version, "promotion.last_reason", _clip(decision.reason))
+        client.set_model_version_tag(decision.model, version, "promotion.last_actor", decision.actor)
+
+
+def _clip(text: str, limit: int = 2000) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def history(tracking_uri: str, name: str) -> list[dict[str, Any]]:

@@ -12,12 +12,14 @@ import asyncio
 import contextvars
 import logging
 import secrets
+import shutil
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from importlib.resources import files
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Request, Security
@@ -86,10 +88,17 @@ class ModelHandle:
 
     predictor: Any  # ner_pipeline.predict.Predictor: predict(texts, aggregation=...) -> list[list[Entity]]
     info: ModelInfo
+    workdir: Path | None = None  # the download of a registry model, ours to delete
 
     @property
     def label(self) -> str:
         return f"{self.info.name}/{self.info.version}" if self.info.version else self.info.name
+
+    def close(self) -> None:
+        """Delete the downloaded files; the loaded model stays usable (it is in memory)."""
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self.workdir = None
 
 
 @dataclass
@@ -97,6 +106,7 @@ class _Job:
     texts: list[str]
     aggregation: str
     future: asyncio.Future[tuple[str, list[list[Any]]]]
+    request_id: str = "-"
 
 
 @dataclass
@@ -111,7 +121,7 @@ class MicroBatcher:
 
     async def submit(self, texts: list[str], aggregation: str) -> tuple[str, list[list[Any]]]:
         future: asyncio.Future[tuple[str, list[list[Any]]]] = asyncio.get_running_loop().create_future()
-        await self.queue.put(_Job(texts, aggregation, future))
+        await self.queue.put(_Job(texts, aggregation, future, request_id_var.get()))
         return await future
 
     async def run(self) -> None:
@@ -139,6 +149,9 @@ class MicroBatcher:
             by_aggregation.setdefault(job.aggregation, []).append(job)
         for aggregation, group in by_aggregation.items():
             texts = [t for job in group for t in job.texts]
+            # Log lines of a batch (ours and the predictor's, in its worker thread) name the requests it serves.
+            request_id_var.set(",".join(dict.fromkeys(job.request_id for job in group)))
+            logger.debug("batch of %d texts from %d requests on %s", len(texts), len(group), handle.label)
             try:
                 results = await asyncio.to_thread(handle.predictor.predict, texts, aggregation=aggregation)
             except Exception as exc:  # answer every waiting request instead of hanging them
@@ -179,10 +192,13 @@ class ServiceState:
             self.handle = fresh
             self.reloads += 1
             logger.info("model reloaded: %s -> %s", old.label if old else "-", fresh.label)
+            if old is not None:
+                old.close()  # batches still running on it have it in memory
             return fresh
 
     async def poll(self, every: float) -> None:
         """Reload when the alias points at another version than the one served."""
+        request_id_var.set("poll")  # this task's own context: its log lines are not any request's
         while True:
             await asyncio.sleep(every)
             if self.current_version is None or self.handle is None:
@@ -193,7 +209,10 @@ class ServiceState:
                 logger.warning("alias poll failed: %s", exc)
                 continue
             if latest is not None and latest != self.handle.info.version:
-                await self.reload()
+                try:
+                    await self.reload()
+                except Exception:  # keep serving the old model and try again at the next poll
+                    logger.exception("reloading version %s failed; still serving %s", latest, self.handle.label)
 
 
 def get_state(request: Request) -> ServiceState:
@@ -243,6 +262,8 @@ def create_app(
             task.cancel()
             with suppress(asyncio.CancelledError):
                 await task
+        if state.handle is not None:
+            state.handle.close()
 
     app = FastAPI(title="ner-pipeline", summary="Named-entity recognition service", lifespan=lifespan)
     app.state.service = state
@@ -346,27 +367,37 @@ def load_handle(
     """
     import json
     import tempfile
-    from pathlib import Path
 
     from ner_pipeline.errors import ModelError
-    from ner_pipeline.predict import Predictor
+    from ner_pipeline.predict import PARITY_FILE, Predictor
 
     if source.startswith("models:/"):
         from ner_pipeline import registry
 
         if tracking_uri is None:
             raise ModelError(f"{source}: a registry URI needs an MLflow tracking URI")
-        fetched = registry.fetch_model(source, tracking_uri, Path(tempfile.mkdtemp(prefix="ner-serve-")))
+        workdir = Path(tempfile.mkdtemp(prefix="ner-serve-"))
+        try:
+            fetched = registry.fetch_model(source, tracking_uri, workdir)
+        except BaseException:
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise
         model_dir, onnx_dir = fetched.model_dir, fetched.onnx_dir
         name, version, alias, metrics = fetched.name, fetched.version, fetched.alias, fetched.metrics
     else:
+        workdir = None
         model_dir = Path(source)
         onnx_dir = Path(onnx) if onnx else None
         name, version, alias, metrics = str(model_dir), None, None, {}
-    parity_file = onnx_dir / "parity.json" if onnx_dir else None
+    parity_file = onnx_dir / PARITY_FILE if onnx_dir else None
     parity = json.loads(parity_file.read_text()) if parity_file and parity_file.is_file() else None
     chosen = choose_backend(backend, parity)
-    predictor = Predictor.load(model_dir, backend=chosen, onnx_dir=onnx_dir, threads=threads)  # type: ignore[arg-type]
+    try:
+        predictor = Predictor.load(model_dir, backend=chosen, onnx_dir=onnx_dir, threads=threads)  # type: ignore[arg-type]
+    except BaseException:
+        if workdir is not None:
+            shutil.rmtree(workdir, ignore_errors=True)
+        raise
     info = ModelInfo(
         name=name,
         version=version,
@@ -376,7 +407,7 @@ def load_handle(
         labels=predictor.labels,
         metrics={k: v for k, v in metrics.items() if not k.startswith(("validation_f1_", "test_f1_ci"))},
     )
-    return ModelHandle(predictor=predictor, info=info)
+    return ModelHandle(predictor=predictor, info=info, workdir=workdir)
 
 
 def build_app(
@@ -392,7 +423,7 @@ def build_app(
 
     return create_app(
         settings,
-        loader=lambda: load_handle(source, settings.backend, tracking_uri, onnx),
+        loader=lambda: load_handle(source, settings.backend, tracking_uri, onnx, settings.threads),
         api_key=api_key,
         current_version=current_version,
     )

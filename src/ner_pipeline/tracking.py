@@ -14,6 +14,7 @@ import subprocess
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -145,7 +146,8 @@ def start_run(
     Args:
         config: The resolved pipeline config; logged flat as params (`train.learning_rate`, ...).
         tracking_uri: Where to log (see `resolve_tracking_uri`).
-        run_name: Shown in the MLflow UI; defaults to `<config name>-<model>`.
+        run_name: Shown in the MLflow UI; defaults to `<config name>-<model>-<UTC start time>`, so the runs of
+            one config stay apart in the compare view.
         tags: Extra run tags (e.g. the Prefect flow run id).
     """
     from mlflow import MlflowClient
@@ -165,7 +167,7 @@ def start_run(
     }
     run = client.create_run(
         experiment_id,
-        run_name=run_name or f"{config.name}-{model_short}",
+        run_name=run_name or f"{config.name}-{model_short}-{datetime.now(UTC):%Y%m%d-%H%M%S}",
         tags={k: str(v) for k, v in base_tags.items() if v is not None},
     )
     tracker = Tracker(tracking_uri=tracking_uri, run_id=run.info.run_id)
@@ -215,9 +217,11 @@ def _log_train(tracker: Tracker, artifact: Artifact, stats: Mapping[str, Any]) -
     history_path = artifact.path / "history.json"
     if history_path.is_file():
         for row in json.loads(history_path.read_text(encoding="utf-8")):
-            epoch = round(float(row.get("epoch", 0)))
-            values = {k: v for k, v in row.items() if k not in ("epoch", "step") and v is not None}
-            tracker.log_metrics(values, step=epoch)
+            # The optimizer step, as transformers' own MLflow callback logs it: unique per evaluation even when
+            # evaluations come every N steps (several per epoch); the epoch is logged as a metric beside it.
+            step = int(row.get("step") or round(float(row.get("epoch", 0))))
+            values = {k: v for k, v in row.items() if k != "step" and v is not None}
+            tracker.log_metrics(values, step=step)
     tracker.log_metrics(_numbers(stats, "train."))
     curves = artifact.path / "training_curves.png"
     if curves.is_file():

@@ -15,6 +15,7 @@ import shutil
 import warnings
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -381,24 +382,33 @@ def run_train(
 ) -> Artifact:
     """Build (or reuse) the train artifact; resumes an interrupted attempt from its last checkpoint.
 
-    Under torchrun every rank trains (data-parallel) and only rank 0 writes the artifact; the others wait for it
-    and return the same artifact.
+    Two runs of the same key at once (overlapping scheduled runs) do not share the checkpoint folder: the second
+    waits for the first and returns its artifact. Under torchrun every rank trains (data-parallel) and only rank 0
+    writes the artifact; the others wait for it and return the same artifact.
     """
     key = train_key(model_cfg, train_cfg, tokenize_artifact.key)
     existing = store.get(STAGE, key)
     if existing is not None:
         logger.info("train: cache hit %s", key)
         return existing
-    result = fit(model_cfg, train_cfg, tokenize_artifact, store.work_dir(STAGE, key))
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    # Under torchrun rank 0 holds the claim for the whole job; its peers must not wait on it, as they train with it.
+    holds_claim = not distributed or int(os.environ.get("RANK", "0")) == 0
     artifact = None
-    if result.is_main:
-        artifact = store.build(
-            STAGE,
-            key,
-            lambda folder: save_outputs(result, tokenize_artifact, folder),
-            inputs={"tokenize": tokenize_artifact.key},
-            config={"model": model_cfg, "train": train_cfg},
-        )
+    with store.claim_work(STAGE, key) if holds_claim else nullcontext():
+        existing = store.get(STAGE, key)
+        if existing is not None and not distributed:
+            logger.info("train: trained meanwhile by another run, reusing %s", existing.path)
+            return existing
+        result = fit(model_cfg, train_cfg, tokenize_artifact, store.work_dir(STAGE, key))
+        if result.is_main:
+            artifact = store.build(
+                STAGE,
+                key,
+                lambda folder: save_outputs(result, tokenize_artifact, folder),
+                inputs={"tokenize": tokenize_artifact.key},
+                config={"model": model_cfg, "train": train_cfg},
+            )
     _barrier()
     return artifact or store.require(STAGE, key)
 
