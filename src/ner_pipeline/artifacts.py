@@ -314,9 +314,7 @@ class ArtifactStore:
             for folder in [*stage_dir.glob(".tmp-*"), *stage_dir.glob(".trash-*"), *stage_dir.glob(".work-*")]:
                 kind, _, rest = folder.name.partition("-")
                 # .tmp-<key>-<pid>-<hex>, .trash-<key>-<hex>, .work-<key>
-                key = {".tmp": lambda r: r.rsplit("-", 2)[0], ".trash": lambda r: r.rsplit("-", 1)[0]}.get(
-                    kind, lambda r: r
-                )(rest)
+                key = rest if kind == ".work" else rest.rsplit("-", 2 if kind == ".tmp" else 1)[0]
                 if kind == ".work" and self.get(stage_dir.name, key) is None:
                     continue  # resumable
                 lock = "work" if kind == ".work" else "build"
