@@ -364,40 +364,44 @@ def load_handle(
         backend: auto, torch, onnx or onnx-int8.
         tracking_uri: MLflow URI for registry sources.
         onnx: The export folder for a model-folder source (an export artifact), if any.
+        threads: Inference threads (None: the runtime's default).
     """
-    import json
     import tempfile
+
+    # A registry model is downloaded into a folder the handle owns (deleted by `close`, or here on failure).
+    workdir = Path(tempfile.mkdtemp(prefix="ner-serve-")) if source.startswith("models:/") else None
+    try:
+        return _load_handle(source, backend, tracking_uri, onnx, threads, workdir)
+    except BaseException:
+        if workdir is not None:
+            shutil.rmtree(workdir, ignore_errors=True)
+        raise
+
+
+def _load_handle(
+    source: str, backend: str, tracking_uri: str | None, onnx: str | None, threads: int | None, workdir: Path | None
+) -> ModelHandle:
+    import json
 
     from ner_pipeline.errors import ModelError
     from ner_pipeline.predict import PARITY_FILE, Predictor
 
-    if source.startswith("models:/"):
+    if workdir is not None:
         from ner_pipeline import registry
 
         if tracking_uri is None:
             raise ModelError(f"{source}: a registry URI needs an MLflow tracking URI")
-        workdir = Path(tempfile.mkdtemp(prefix="ner-serve-"))
-        try:
-            fetched = registry.fetch_model(source, tracking_uri, workdir)
-        except BaseException:
-            shutil.rmtree(workdir, ignore_errors=True)
-            raise
+        fetched = registry.fetch_model(source, tracking_uri, workdir)
         model_dir, onnx_dir = fetched.model_dir, fetched.onnx_dir
         name, version, alias, metrics = fetched.name, fetched.version, fetched.alias, fetched.metrics
     else:
-        workdir = None
         model_dir = Path(source)
         onnx_dir = Path(onnx) if onnx else None
         name, version, alias, metrics = str(model_dir), None, None, {}
     parity_file = onnx_dir / PARITY_FILE if onnx_dir else None
     parity = json.loads(parity_file.read_text()) if parity_file and parity_file.is_file() else None
     chosen = choose_backend(backend, parity)
-    try:
-        predictor = Predictor.load(model_dir, backend=chosen, onnx_dir=onnx_dir, threads=threads)  # type: ignore[arg-type]
-    except BaseException:
-        if workdir is not None:
-            shutil.rmtree(workdir, ignore_errors=True)
-        raise
+    predictor = Predictor.load(model_dir, backend=chosen, onnx_dir=onnx_dir, threads=threads)  # type: ignore[arg-type]
     info = ModelInfo(
         name=name,
         version=version,
