@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ from ner_pipeline.config import RegistryConfig
 from ner_pipeline.errors import RegistryError
 
 NAME = "ner-test"
+URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 CFG = RegistryConfig(model_name=NAME, metric="test_f1", min_delta=0.0, max_type_drop=0.02)
 
 
@@ -28,7 +30,11 @@ def tags(f1: float, per: float, loc: float, fingerprint: str = "fp-test") -> dic
 
 
 def register(uri: str, model_dir: Path, **kwargs) -> str:
+    import mlflow
+
+    before = mlflow.get_tracking_uri(), [os.environ.get(v) for v in URI_VARIABLES]
     record = registry.log_and_register(CFG, model_dir, uri, None, tags(**kwargs), description="test version")
+    assert (mlflow.get_tracking_uri(), [os.environ.get(v) for v in URI_VARIABLES]) == before  # all put back
     return record["version"]
 
 
@@ -122,6 +128,32 @@ def test_rollback_without_previous_production_is_a_clear_error(tmp_path: Path):
         registry.rollback(uri, NAME)
 
 
+def test_fetching_a_model_leaves_mlflows_process_wide_uris_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import mlflow
+    import yaml
+
+    # MLflow mirrors any URI set process-wide into these variables, so they show whether one was set meanwhile.
+    for variable in URI_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
+    logged = tmp_path / "logged"  # a pyfunc model folder as MLflow lays it out, without the cost of logging one
+    (logged / "artifacts" / "model").mkdir(parents=True)
+    (logged / "artifacts" / "model" / "config.json").write_text("{}")
+    flavor = {"python_function": {"artifacts": {"model": {"path": "artifacts/model"}}}}
+    (logged / "MLmodel").write_text(yaml.safe_dump({"flavors": flavor}))
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = registry.client_for(uri)
+    client.create_registered_model(NAME)
+    mv = client.create_model_version(NAME, source=str(logged), tags={"metric.test_f1": "0.9"})
+    client.set_registered_model_alias(NAME, "production", mv.version)
+
+    before = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    fetched = registry.fetch_model(f"models:/{NAME}@production", uri, tmp_path / "download")
+    assert (mlflow.get_tracking_uri(), mlflow.get_registry_uri()) == before and before[0] != uri
+    assert not any(variable in os.environ for variable in URI_VARIABLES)
+    assert fetched.version == str(mv.version) and fetched.alias == "production" and fetched.metrics == {"test_f1": 0.9}
+    assert (fetched.model_dir / "config.json").is_file() and fetched.model_dir.is_relative_to(tmp_path / "download")
+
+
 @pytest.fixture
 def mlflow_server(tmp_path: Path):
     """A real `mlflow server` on a free loopback port with its own SQLite file and artifact folder."""
@@ -159,13 +191,15 @@ def mlflow_server(tmp_path: Path):
 
 
 @pytest.mark.slow
-def test_register_promote_rollback_through_a_tracking_server(mlflow_server: str, tiny_model_dir: Path):
+def test_register_promote_rollback_through_a_tracking_server(mlflow_server: str, tiny_model_dir: Path, tmp_path: Path):
     exercise_gate(mlflow_server, tiny_model_dir)
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)
     assert client.get_model_version_by_alias(NAME, "production").version == "1"
     assert len(client.search_model_versions(f"name = '{NAME}'")) == 5
+    fetched = registry.fetch_model(f"models:/{NAME}@production", mlflow_server, tmp_path / "download")
+    assert fetched.version == "1" and (fetched.model_dir / "config.json").is_file()  # through the proxied store
 
 
 @pytest.mark.slow

@@ -1,6 +1,6 @@
 """MLflow tracking: one run per pipeline run, logging config, data, per-epoch metrics and stage artifacts.
 
-Only this module and `registry.py` import MLflow. The embedded default is a SQLite store in `mlruns/mlflow.db`
+Only this module and the `registry` package import MLflow. The embedded default is a SQLite store in `mlruns/mlflow.db`
 with artifacts in `mlruns/artifacts`; a tracking server URI (config or $MLFLOW_TRACKING_URI) works the same.
 Stages never log themselves: after each stage the caller hands its artifact to `log_stage`, which reads what the
 stage recorded (manifest stats, history, report files). So a stage served from cache logs the same numbers.
