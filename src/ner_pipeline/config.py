@@ -34,6 +34,7 @@ from ner_pipeline.configfile import (
     read_yaml,
 )
 from ner_pipeline.errors import ConfigError
+from ner_pipeline.integrity import VerifyMode
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 DEFAULT_ARTIFACT_LOCATION = "mlruns/artifacts"
@@ -266,6 +267,16 @@ class ServeConfig(_Section):
         return {"model_uri": local_path(self.model_uri, root)}
 
 
+class CacheConfig(_Section):
+    """How the artifact cache checks an artifact before reusing it."""
+
+    verify: VerifyMode = Field(
+        "sha256",
+        description="sha256: hash every file against the manifest (catches any change); size: compare sizes only "
+        "(catches deleted and truncated files, not an overwrite of equal size).",
+    )
+
+
 class PipelineConfig(_Section):
     """The whole pipeline; each stage receives only its own section."""
 
@@ -280,6 +291,7 @@ class PipelineConfig(_Section):
     registry: RegistryConfig = RegistryConfig()
     export: ExportConfig = ExportConfig()
     serve: ServeConfig = ServeConfig()
+    cache: CacheConfig = CacheConfig()
 
     def _resolved_paths(self, root: Path) -> dict[str, Any]:
         return {"artifacts_root": str(absolute_path(self.artifacts_root, root))}
