@@ -260,6 +260,27 @@ class ArtifactStore:
             raise
         return manifest
 
+    def discard(self, artifact: Artifact) -> bool:
+        """Remove an artifact whose record no longer holds (e.g. a registration the registry lost), so the next
+        `build` of its key makes a new one.
+
+        Only that very artifact goes: under the key's build lock, and only when the folder still holds the record
+        read (same `created`), so a fresh one written meanwhile by another run stays. It is moved aside in one
+        rename, so readers see the whole artifact or none.
+
+        Returns:
+            Whether it was removed.
+        """
+        with self._lock(artifact.stage, artifact.key):
+            current = self.get(artifact.stage, artifact.key)
+            if current is None or current.created != artifact.created:
+                return False
+            trash = current.path.with_name(f".trash-{artifact.key}-{uuid.uuid4().hex[:8]}")
+            os.rename(current.path, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+        logger.info("%s: discarded %s", artifact.stage, artifact.key)
+        return True
+
     def list(self) -> list[Artifact]:
         """All complete artifacts, oldest first."""
         found: list[Artifact] = []

@@ -48,7 +48,8 @@ def registered_artifact_keys(cfg: PipelineConfig) -> set[str]:
     """Artifact keys recorded on registered model versions."""
     from ner_pipeline import registry
 
-    return registry.protected_artifact_keys(tracking_uri(cfg))
+    records = registry.register_records(ArtifactStore(cfg.artifacts_root))
+    return registry.protected_artifact_keys(tracking_uri(cfg), records)
 
 
 def human_size(size: int) -> str:
