@@ -18,7 +18,7 @@ from prefect.states import State
 from ner_pipeline import pipeline
 from ner_pipeline.artifacts import Artifact
 from ner_pipeline.config import PipelineConfig
-from ner_pipeline.errors import NerPipelineError
+from ner_pipeline.transient import is_transient
 
 # Stages that read from the network or a shared store can fail for passing reasons; retry those only.
 RETRIES = {"ingest": 2, "register": 3}
@@ -28,6 +28,8 @@ def artifact_cache_key(stage: str) -> Callable[[Any, dict[str, Any]], str | None
     """Build a Prefect `cache_key_fn` that returns the stage's artifact key when that artifact is on disk."""
 
     def cache_key(context: Any, parameters: dict[str, Any]) -> str | None:
+        if stage == "register":
+            return None  # a registration is reused only after the registry confirms it (run_register asks it)
         config: PipelineConfig = parameters["config"]
         key = pipeline.stage_key(stage, config, parameters["upstream"], parameters["ctx"])
         if pipeline.open_store(config).get(stage, key) is None:
@@ -41,10 +43,8 @@ def retry_unless_user_error(task: Task[..., Any], task_run: TaskRun, state: Stat
     """Retry passing failures (network, locks); a bad config or bad data fails at once."""
     try:
         state.result()
-    except NerPipelineError as exc:
-        return exc.transient
-    except Exception:
-        return True
+    except Exception as exc:
+        return is_transient(exc)
     return False
 
 

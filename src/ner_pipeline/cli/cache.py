@@ -97,7 +97,8 @@ def registered_artifact_keys(cfg: PipelineConfig) -> set[str]:
     """Artifact keys recorded on registered model versions."""
     from ner_pipeline import registry
 
-    return registry.protected_artifact_keys(tracking_uri(cfg))
+    records = registry.register_records(open_store(cfg))
+    return registry.protected_artifact_keys(tracking_uri(cfg), records)
 
 
 def human_size(size: int) -> str:
