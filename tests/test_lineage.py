@@ -307,3 +307,35 @@ def test_a_damaged_model_file_is_reported_and_rebuilt_not_served(
     assert rerun["train"].key == before["train"].key and weights.is_file()
     assert hashlib.sha256(weights.read_bytes()).hexdigest() == sha_before  # seeded: the same model again
     assert invoke_cli(args).exit_code == 0
+
+
+def test_cli_lists_stale_artifacts_and_prunes_them_except_a_registered_lineage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    from ner_pipeline import registry
+    from ner_pipeline.registry.tags import ARTIFACT_TAG
+
+    store = ArtifactStore(tmp_path / "artifacts")
+    registered, other = build_chain(store), build_chain(store, n=2)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = registry.client_for(uri)
+    client.create_registered_model("ner-x")
+    (tmp_path / "model").mkdir()
+    tags = {f"{ARTIFACT_TAG}evaluate": registered["evaluate"].key}  # what registering that evaluation records
+    client.create_model_version("ner-x", str(tmp_path / "model"), tags=tags)
+    common = ["--set", f"artifacts_root={tmp_path / 'artifacts'}", "--set", f"tracking.tracking_uri={uri}"]
+    assert "stale" not in invoke_cli(["artifacts", "list", *common]).output
+
+    real = lineage.library_version
+    monkeypatch.setattr(lineage, "library_version", lambda d: "99.0" if d == "torch" else real(d))
+    listed = invoke_cli(["artifacts", "list", *common])
+    assert listed.exit_code == 0, listed.output
+    rows = {line.split()[1]: line for line in listed.output.splitlines() if line.startswith(("train", "evaluate"))}
+    assert f"stale: torch {real('torch')} -> 99.0" in rows[registered["train"].key]
+    assert f"built from stale train {other['train'].key}" in rows[other["evaluate"].key]
+    assert "4 stale artifact(s)" in listed.output
+
+    pruned = invoke_cli(["artifacts", "prune", "--stale", *common])
+    assert pruned.exit_code == 0, pruned.output
+    assert f"removed train/{other['train'].key}" in pruned.output and "removed 2 artifact(s)" in pruned.output
+    assert {a.key for a in store.list()} == {a.key for a in [*registered.values(), other["tokenize"]]}

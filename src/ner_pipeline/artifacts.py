@@ -34,7 +34,7 @@ from pydantic import BaseModel
 
 from ner_pipeline import __version__
 from ner_pipeline.errors import ArtifactError
-from ner_pipeline.integrity import VerifyMode, check_files, file_records
+from ner_pipeline.integrity import NO_RECORDS, VerifyMode, check_files, file_records
 from ner_pipeline.lineage import stage_lineage
 
 logger = logging.getLogger(__name__)
@@ -190,9 +190,9 @@ class ArtifactStore:
         problems = self.damage(artifact)
         if not problems:
             return artifact
-        logger.warning(
-            "%s: artifact %s is damaged, removing it to rebuild: %s", artifact.stage, artifact.key, "; ".join(problems)
-        )
+        verdict = "cannot be verified" if problems == [NO_RECORDS] else "is damaged"
+        reasons = "; ".join(problems)
+        logger.warning("%s: artifact %s %s, rebuilding it: %s", artifact.stage, artifact.key, verdict, reasons)
         if locked:
             self._discard_locked(artifact)
         else:
