@@ -19,6 +19,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import httpx
+import pytest
 from conftest import REPO_ROOT
 from fastapi.testclient import TestClient
 from serve_support import HOLD, POISON, controlled_loader, count_passes, live_server, ready_client
@@ -74,6 +75,7 @@ def wait_until(condition, timeout: float = 30) -> None:
         time.sleep(0.01)
 
 
+@pytest.mark.slow  # a real uvicorn on loopback
 def test_a_lone_surrogate_is_rejected_at_validation_and_the_others_are_served(person_model: Path):
     """The issue's reproduction on a real server: "\\ud800" sent at once with ten good requests."""
     app = create_app(ServeConfig(batch_wait_ms=50), loader=lambda: load_handle(str(person_model), "torch", None))
@@ -86,6 +88,7 @@ def test_a_lone_surrogate_is_rejected_at_validation_and_the_others_are_served(pe
     assert "input" not in detail  # the offending input is not echoed back (it cannot even be encoded)
 
 
+@pytest.mark.slow  # a real uvicorn on loopback
 def test_a_large_request_does_not_hold_small_ones_behind_it(person_model: Path):
     """8 texts x 20,000 characters ran for seconds while every other request waited; now they take turns by pass."""
     settings = ServeConfig(max_request_chars=200_000, batch_wait_ms=2)
@@ -260,6 +263,7 @@ def _content_length(answer: bytes) -> int:
     return 0
 
 
+@pytest.mark.slow  # a real uvicorn on loopback
 def test_a_body_over_the_limit_is_refused_from_its_content_length_without_reading_it(person_model: Path):
     settings = ServeConfig(max_body_bytes=10_000)
     app = create_app(settings, loader=lambda: load_handle(str(person_model), "torch", None), api_key="k3y")

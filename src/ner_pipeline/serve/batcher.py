@@ -97,18 +97,19 @@ class Batcher:
 
     async def _supervise(self, name: str, queue: asyncio.Queue[_Job], coalesce: bool) -> None:
         request_id_var.set(f"lane-{name}")  # this task's own context: its log lines are not any request's
-        while True:
-            self.running[name] = True
-            try:
-                await self._lane(queue, coalesce)
-            except Exception:
-                self.running[name] = False
-                self.restarts += 1
-                logger.exception("the %s lane died; restarting it in %.1f s", name, self.restart_delay)
-                await asyncio.sleep(self.restart_delay)
-                logger.info("the %s lane restarted", name)
-            finally:
-                self.running[name] = False
+        try:
+            while True:
+                self.running[name] = True
+                try:
+                    await self._lane(queue, coalesce)
+                except Exception:
+                    self.running[name] = False  # `/ready` answers 503 until the lane runs again
+                    self.restarts += 1
+                    logger.exception("the %s lane died; restarting it in %.1f s", name, self.restart_delay)
+                    await asyncio.sleep(self.restart_delay)
+                    logger.info("the %s lane restarted", name)
+        finally:
+            self.running[name] = False
 
     async def _lane(self, queue: asyncio.Queue[_Job], coalesce: bool) -> None:
         held: list[_Job] = []  # taken off the queue and not answered: failed if the lane dies with them
