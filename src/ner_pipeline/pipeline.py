@@ -127,6 +127,11 @@ def _uri(ctx: RunContext) -> str:
     return ctx.tracking_uri
 
 
+def open_store(config: PipelineConfig) -> ArtifactStore:
+    """The config's artifact cache, checking an artifact's files before reuse as `cache.verify` says."""
+    return ArtifactStore(config.artifacts_root, verify=config.cache.verify)
+
+
 SPEC_FACTORIES: dict[str, Callable[[], StageSpec]] = {
     "ingest": _ingest_spec,
     "tokenize": _tokenize_spec,
