@@ -168,7 +168,10 @@ class TrainConfig(_Section):
     group_by_length: bool = Field(True, description="Batch sentences of similar length to limit padding.")
     save_steps: Int | None = Field(None, gt=0, description="Checkpoint every N steps (None: every epoch).")
     early_stopping_patience: Int | None = Field(
-        2, ge=1, description="Stop after this many evaluations without a better validation F1 (None: off)."
+        2,
+        ge=1,
+        description="Stop after this many evaluations without a better validation F1, counting only once F1 has "
+        "risen above 0.05 and while validation loss falls by less than 1% (None: off).",
     )
     max_train_sentences: Int | None = Field(None, gt=0, description="Train on at most this many sentences.")
     num_threads: Int | None = Field(None, gt=0, description="torch threads (None: all cores available).")
