@@ -277,6 +277,35 @@ class CacheConfig(_Section):
     )
 
 
+class SweepConfig(_Section):
+    """Hyperparameter search (`ner-pipeline sweep`, see `ner_pipeline.sweep`): Optuna trials of the train stage."""
+
+    space: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Dotted config key -> {type: loguniform|uniform|int, low, high} or "
+        "{type: categorical, choices: [...]}.",
+    )
+    trials: Int = Field(20, gt=0, description="Finished trials the study aims for (--trials N adds N more).")
+    metric: Literal["f1", "precision", "recall"] = Field("f1", description="Validation metric (never test).")
+    direction: Literal["maximize", "minimize"] = "maximize"
+    sampler_seed: Seed = Field(0, description="Seed of Optuna's TPE sampler.")
+    pruner: Literal["median", "none"] = Field("median", description="Median pruner on per-epoch validation.")
+    pruner_startup_trials: Int = Field(2, ge=0, description="Finished trials before the pruner may prune.")
+    parallel: Int = Field(1, gt=0, description="Trials run at once.")
+    study: str | None = Field(None, description="Optuna study name (None: <config name>-sweep).")
+    storage: str | None = Field(None, description="SQLAlchemy URL (None: optuna.db beside the MLflow store).")
+
+    @field_validator("space")
+    @classmethod
+    def _distributions(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        from ner_pipeline.sweep_trials import check_distribution  # the search owns what a distribution is
+
+        return {key: check_distribution(key, dist) for key, dist in value.items()}
+
+    def _resolved_paths(self, root: Path) -> dict[str, Any]:
+        return {"storage": self.storage and absolute_store_uri(self.storage, root)}
+
+
 class PipelineConfig(_Section):
     """The whole pipeline; each stage receives only its own section."""
 
@@ -292,6 +321,7 @@ class PipelineConfig(_Section):
     export: ExportConfig = ExportConfig()
     serve: ServeConfig = ServeConfig()
     cache: CacheConfig = CacheConfig()
+    sweep: SweepConfig = SweepConfig()
 
     def _resolved_paths(self, root: Path) -> dict[str, Any]:
         return {"artifacts_root": str(absolute_path(self.artifacts_root, root))}

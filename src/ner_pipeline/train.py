@@ -226,7 +226,11 @@ class FitResult:
 
 
 def build_trainer(
-    model_cfg: ModelConfig, train_cfg: TrainConfig, tokenize_artifact: Artifact, output_dir: Path
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    tokenize_artifact: Artifact,
+    output_dir: Path,
+    callbacks: Sequence[Any] = (),
 ) -> tuple[Any, Preprocessing]:
     """The Trainer for this config: model with the artifact's labels, length-grouped dynamic padding, scorer."""
     from transformers import (
@@ -259,11 +263,17 @@ def build_trainer(
         processing_class=tokenizer,
         compute_metrics=WordScorer.from_split(validation, prep.labels),  # rows in the same order as evaluated
         preprocess_logits_for_metrics=argmax_logits,
-        callbacks=[EarlyStoppingCallback(patience)] if patience else [],
+        callbacks=[*([EarlyStoppingCallback(patience)] if patience else []), *callbacks],
     ), prep
 
 
-def fit(model_cfg: ModelConfig, train_cfg: TrainConfig, tokenize_artifact: Artifact, work: Path) -> FitResult:
+def fit(
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    tokenize_artifact: Artifact,
+    work: Path,
+    callbacks: Sequence[Any] = (),
+) -> FitResult:
     """Fine-tune in `work/checkpoints`, resuming from the last complete checkpoint there if an attempt died."""
     import torch
     from transformers import set_seed
@@ -271,7 +281,7 @@ def fit(model_cfg: ModelConfig, train_cfg: TrainConfig, tokenize_artifact: Artif
     torch.set_num_threads(torch_threads(train_cfg))
     set_seed(train_cfg.seed)
     folder = work / CHECKPOINTS
-    trainer, prep = build_trainer(model_cfg, train_cfg, tokenize_artifact, folder)
+    trainer, prep = build_trainer(model_cfg, train_cfg, tokenize_artifact, folder, callbacks)
     if trainer.args.process_index == 0:
         remove_incomplete_checkpoints(folder)
     checkpoint, step = last_checkpoint(folder)
@@ -327,9 +337,16 @@ def save_outputs(result: FitResult, tokenize_artifact: Artifact, folder: Path) -
 
 
 def run_train(
-    model_cfg: ModelConfig, train_cfg: TrainConfig, tokenize_artifact: Artifact, store: ArtifactStore
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    tokenize_artifact: Artifact,
+    store: ArtifactStore,
+    callbacks: Sequence[Any] = (),
 ) -> Artifact:
     """Build (or reuse) the train artifact; resumes an interrupted attempt from its last checkpoint.
+
+    `callbacks` are extra `TrainerCallback`s (e.g. a sweep's pruning callback); they watch the run and are not
+    part of the artifact key, so a cache hit never calls them.
 
     Two runs of the same key at once (overlapping scheduled runs) do not share the checkpoint folder: the second
     waits for the first and returns its artifact. Under torchrun every rank trains (data-parallel) and only rank 0
@@ -349,7 +366,7 @@ def run_train(
         if existing is not None and not distributed:
             logger.info("train: trained meanwhile by another run, reusing %s", existing.path)
             return existing
-        result = fit(model_cfg, train_cfg, tokenize_artifact, store.work_dir(STAGE, key))
+        result = fit(model_cfg, train_cfg, tokenize_artifact, store.work_dir(STAGE, key), callbacks)
         if result.is_main:
             artifact = store.build(
                 STAGE,
