@@ -11,6 +11,8 @@ run a batch of trials and the stage steps, as the training flow does for `pipeli
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
 import socket
@@ -29,9 +31,9 @@ from ner_pipeline.sweep_trials import (
     RUN_ATTR,
     TrialOutcome,
     TrialSpec,
-    check_space,
     open_study,
     run_trial,
+    searched,
     storage_url,
     suggest,
     trial_config,
@@ -84,22 +86,29 @@ def open_parent(config: PipelineConfig, study: Any, tracking_uri: str | None) ->
         tracker = tracking.Tracker(tracking_uri, known)
         tracker.client.update_run(known, status="RUNNING")
         return tracker
-    tags = {"sweep.study": study.study_name, "sweep.role": "parent"}
+    tags = {"sweep.study": study.study_name, "sweep.role": "parent", "sweep.space": json.dumps(config.sweep.space)}
     tracker = tracking.start_run(config, tracking_uri, f"{study.study_name}-sweep", tags)
     study.set_user_attr(PARENT_ATTR, tracker.run_id)
     return tracker
 
 
-def fail_abandoned_trials(study: Any) -> None:
-    """Mark FAIL the trials left RUNNING by a sweep process on this host that is gone (a killed sweep)."""
+def fail_abandoned_trials(study: Any, tracking_uri: str | None) -> None:
+    """Mark FAIL the trials left RUNNING by a sweep process on this host that is gone (a killed sweep), and end
+    their MLflow runs as KILLED."""
     from optuna.trial import TrialState
 
     host = socket.gethostname()
-    for trial in study.get_trials(deep=False, states=(TrialState.RUNNING,)):
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         owner_host, _, pid = str(trial.user_attrs.get(OWNER_ATTR, "")).partition(":")
-        if owner_host == host and pid.isdigit() and not _alive(int(pid)):
-            logger.warning("trial %d was left running by a killed sweep (pid %s); marking it failed", trial.number, pid)
-            study.tell(trial.number, state=TrialState.FAIL)
+        if owner_host != host or not pid.isdigit() or _alive(int(pid)):
+            continue
+        logger.warning("trial %d was left running by a killed sweep (pid %s); marking it failed", trial.number, pid)
+        study.tell(trial.number, state=TrialState.FAIL)
+        run_id = trial.user_attrs.get(RUN_ATTR)
+        if tracking_uri and run_id:
+            tracker = tracking.Tracker(tracking_uri, run_id)
+            tracker.set_tags({"sweep.state": "FAIL"})
+            tracker.end("KILLED")
 
 
 def _alive(pid: int) -> bool:
@@ -127,13 +136,26 @@ def tell(study: Any, outcome: TrialOutcome) -> None:
     study.tell(outcome.number, outcome.value if state == TrialState.COMPLETE else None, state=state)
 
 
+def execute_or_fail(study: Any, execute: Execute, batch: Sequence[TrialSpec]) -> list[TrialOutcome]:
+    """Run a batch; if it raises (a user error, an interrupt), its trials are marked FAIL before re-raising."""
+    from optuna.trial import TrialState
+
+    try:
+        return execute(batch)
+    except BaseException:
+        for spec in batch:
+            with contextlib.suppress(RuntimeError, ValueError):  # a trial already finished
+                study.tell(spec.number, state=TrialState.FAIL)
+        raise
+
+
 def trials_to_run(study: Any, config: PipelineConfig, more: int | None) -> int:
     """`more` when given, else what the study lacks of `sweep.trials` finished (complete or pruned) trials."""
     from optuna.trial import TrialState
 
     if more is not None:
         return more
-    finished = study.get_trials(deep=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+    finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
     return max(0, config.sweep.trials - len(finished))
 
 
@@ -157,11 +179,11 @@ def run_sweep(
     Raises:
         ConfigError: an empty or unknown search space key, or a trial config that does not validate.
     """
-    check_space(config)
+    config = searched(config)
     uri = tracking.resolve_tracking_uri(config.tracking, os.environ) if config.tracking.enabled else None
     storage = storage_url(config, uri)
     study = open_study(config, storage)
-    fail_abandoned_trials(study)
+    fail_abandoned_trials(study, uri)
     parent = open_parent(config, study, uri)
     result = SweepResult(study.study_name, storage, [], parent_run_id=parent.run_id if parent else None)
     try:
@@ -169,7 +191,7 @@ def run_sweep(
         logger.info("sweep %s (%s): %d trials to run", study.study_name, storage, remaining)
         while remaining > 0:
             batch = [ask(study, config, uri, parent) for _ in range(min(remaining, config.sweep.parallel))]
-            for outcome in execute(batch):
+            for outcome in execute_or_fail(study, execute, batch):
                 tell(study, outcome)
                 result.outcomes.append(outcome)
             remaining -= len(batch)
@@ -189,7 +211,7 @@ def finish(
     """Record the best trial on the parent run and take it through evaluate → export → register → gate."""
     from optuna.trial import TrialState
 
-    if not study.get_trials(deep=False, states=(TrialState.COMPLETE,)):
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         logger.warning("sweep %s has no complete trial yet: nothing to register", study.study_name)
         return
     best = study.best_trial

@@ -32,6 +32,13 @@ PARENT_ATTR = "mlflow_parent_run_id"
 RUN_ATTR = "mlflow_run_id"
 OWNER_ATTR = "owner"
 NUMERIC = ("loguniform", "uniform", "int")
+# Searched when `sweep.space` is empty: the hyperparameters that matter most when fine-tuning a BERT-sized encoder.
+DEFAULT_SPACE = {
+    "train.learning_rate": {"type": "loguniform", "low": 1e-5, "high": 1e-4},
+    "train.batch_size": {"type": "categorical", "choices": [8, 16, 32]},
+    "train.warmup_ratio": {"type": "uniform", "low": 0.0, "high": 0.2},
+    "train.weight_decay": {"type": "uniform", "low": 0.0, "high": 0.1},
+}
 
 
 def check_distribution(key: str, dist: Any) -> dict[str, Any]:
@@ -63,14 +70,21 @@ def check_distribution(key: str, dist: Any) -> dict[str, Any]:
     return {"type": kind, "low": low, "high": high}
 
 
-def check_space(config: PipelineConfig) -> None:
-    """Every key of `sweep.space` names a config field outside `sweep`, else a one-line ConfigError."""
+def searched(config: PipelineConfig) -> PipelineConfig:
+    """The config with its search space checked: every key names a config field outside `sweep`; an empty space
+    becomes `DEFAULT_SPACE`.
+
+    Raises:
+        ConfigError: a key that is no config field, in one line.
+    """
     if not config.sweep.space:
-        raise ConfigError("sweep.space is empty: give at least one dotted key, e.g. train.learning_rate")
+        logger.info("sweep.space is empty: searching %s", ", ".join(DEFAULT_SPACE))
+        config = config.model_copy(update={"sweep": config.sweep.model_copy(update={"space": DEFAULT_SPACE})})
     fields = flatten(config.model_dump(mode="json"))
     for key in config.sweep.space:
         if key.startswith("sweep.") or key not in fields:
             raise ConfigError(f"sweep.space: '{key}' is not a config field (e.g. train.learning_rate)")
+    return config
 
 
 def trial_config(config: PipelineConfig, params: Mapping[str, Any]) -> PipelineConfig:
