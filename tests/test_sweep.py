@@ -140,3 +140,24 @@ def test_a_killed_sweep_resumes_and_runs_the_missing_trials(tmp_path: Path, tiny
 
 def _finished(study) -> list:
     return [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
+
+
+def test_pruning_callback_stops_a_trial_below_the_median_and_lets_a_good_one_run():
+    import optuna
+    from transformers import TrainerControl, TrainerState
+
+    from ner_pipeline.sweep_trials import pruning_callback
+
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.MedianPruner(n_startup_trials=1))
+    first = study.ask()
+    first.report(0.8, 1)
+    study.tell(first, 0.8)
+    state = TrainerState(epoch=1.0)
+
+    good = study.ask()
+    pruning_callback(good, "f1", None).on_evaluate(None, state, TrainerControl(), metrics={"eval_f1": 0.9})
+    assert study.get_trials()[good.number].intermediate_values == {1: 0.9}  # reported, not pruned
+
+    bad = study.ask()
+    with pytest.raises(optuna.TrialPruned, match=r"validation f1 0\.1000 at epoch 1"):
+        pruning_callback(bad, "f1", None).on_evaluate(None, state, TrainerControl(), metrics={"eval_f1": 0.1})

@@ -89,6 +89,9 @@ def open_parent(config: PipelineConfig, study: Any, tracking_uri: str | None) ->
     tags = {"sweep.study": study.study_name, "sweep.role": "parent", "sweep.space": json.dumps(config.sweep.space)}
     tracker = tracking.start_run(config, tracking_uri, f"{study.study_name}-sweep", tags)
     study.set_user_attr(PARENT_ATTR, tracker.run_id)
+    # Ingest once, before any trial: the trials share it, and the data set is logged here rather than by each.
+    store = pipeline.open_store(config)
+    tracking.log_stage(tracker, pipeline.run_pipeline(config, store, stages=["ingest"])["ingest"])
     return tracker
 
 

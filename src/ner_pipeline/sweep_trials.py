@@ -265,8 +265,15 @@ def walk_trial(config: PipelineConfig, callback: Any, tracker: tracking.Tracker 
         return pipeline.run_stage(name, cfg, up, store, ctx)
 
     def on_stage(artifact: Artifact) -> None:
-        if tracker is not None:
-            tracking.log_stage(tracker, artifact)
+        if tracker is None:
+            return
+        if artifact.stage == "ingest":
+            # The data set is logged once, on the parent run: MLflow's dataset table is not safe for concurrent
+            # inserts of the same dataset by parallel trials (SQLite: UNIQUE constraint failed).
+            tags = {"artifact.ingest": artifact.key, "cached.ingest": True}
+            tracker.set_tags({**tags, "data.fingerprint": artifact.stats.get("fingerprint")})
+            return
+        tracking.log_stage(tracker, artifact)
 
     return pipeline.walk(config, list(TRIAL_STAGES), build, build, on_stage=on_stage).stages
 
