@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,32 @@ PARENT_ATTR = "mlflow_parent_run_id"
 RUN_ATTR = "mlflow_run_id"
 OWNER_ATTR = "owner"
 NUMERIC = ("loguniform", "uniform", "int")
+# transformers' from_pretrained is not thread-safe: its meta-device initialisation patches torch globally, so two
+# trials loading models at once in one process fail ("Cannot copy out of meta tensor"). Trials running as threads
+# take turns from the start of the train stage until the Trainer is built (`on_init_end`), then train in parallel.
+_MODEL_LOADING = threading.Lock()
+
+
+class LoadingTurn:
+    """This trial's turn to load a model: held from `__enter__` until `release` (or exit), released once."""
+
+    def __init__(self) -> None:
+        self.held = False
+
+    def __enter__(self) -> LoadingTurn:
+        _MODEL_LOADING.acquire()
+        self.held = True
+        return self
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            _MODEL_LOADING.release()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
 # Searched when `sweep.space` is empty: the hyperparameters that matter most when fine-tuning a BERT-sized encoder.
 DEFAULT_SPACE = {
     "train.learning_rate": {"type": "loguniform", "low": 1e-5, "high": 1e-4},
@@ -187,13 +214,17 @@ class TrialOutcome:
     error: str | None = None
 
 
-def pruning_callback(trial: Any, metric: str, tracker: tracking.Tracker | None) -> Any:
+def pruning_callback(trial: Any, metric: str, tracker: tracking.Tracker | None, turn: LoadingTurn | None = None) -> Any:
     """A `TrainerCallback` that logs each evaluation's validation score, reports it to Optuna by epoch, and
     raises `optuna.TrialPruned` when the pruner says so (the train stage then writes no artifact)."""
     import optuna
     from transformers import TrainerCallback
 
     class ReportToOptuna(TrainerCallback):
+        def on_init_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            if turn is not None:
+                turn.release()  # the model is built: the next trial may load its own
+
         def on_evaluate(self, args: Any, state: Any, control: Any, metrics: Mapping[str, float], **kw: Any) -> None:
             value = metrics.get(f"eval_{metric}")
             if value is None:
@@ -232,10 +263,11 @@ def run_trial(spec: TrialSpec) -> TrialOutcome:
         tracker = tracking.start_run(spec.config, spec.tracking_uri, f"{spec.study}-trial-{spec.number}", tags)
         tracker.set_tags({"sweep.params": json.dumps(spec.params, sort_keys=True)})
         spec.trial.set_user_attr(RUN_ATTR, tracker.run_id)
-    callback = pruning_callback(spec.trial, spec.config.sweep.metric, tracker)
+    turn = LoadingTurn()
+    callback = pruning_callback(spec.trial, spec.config.sweep.metric, tracker, turn)
     outcome = TrialOutcome(spec.number, "RUNNING", run_id=tracker.run_id if tracker else None)
     try:
-        stages = walk_trial(spec.config, callback, tracker)
+        stages = walk_trial(spec.config, callback, tracker, turn)
         outcome.train_key, outcome.tokenize_key = stages["train"].key, stages["tokenize"].key
         outcome.cached = stages["train"].cached
         outcome.value = objective_value(stages["train"], spec.config.sweep.metric)
@@ -253,7 +285,9 @@ def run_trial(spec: TrialSpec) -> TrialOutcome:
     return outcome
 
 
-def walk_trial(config: PipelineConfig, callback: Any, tracker: tracking.Tracker | None) -> dict[str, Artifact]:
+def walk_trial(
+    config: PipelineConfig, callback: Any, tracker: tracking.Tracker | None, turn: LoadingTurn
+) -> dict[str, Artifact]:
     """The pipeline walked up to train, the train stage watched by `callback` (which is not in its key)."""
     from ner_pipeline.train import run_train
 
@@ -261,7 +295,8 @@ def walk_trial(config: PipelineConfig, callback: Any, tracker: tracking.Tracker 
 
     def build(name: str, cfg: PipelineConfig, up: Mapping[str, Artifact], ctx: pipeline.RunContext) -> Artifact:
         if name == "train":
-            return run_train(cfg.model, cfg.train, up["tokenize"], store, callbacks=[callback])
+            with turn:  # released by the callback once the Trainer is built, or here on a cache hit or error
+                return run_train(cfg.model, cfg.train, up["tokenize"], store, callbacks=[callback])
         return pipeline.run_stage(name, cfg, up, store, ctx)
 
     def on_stage(artifact: Artifact) -> None:
