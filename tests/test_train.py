@@ -25,10 +25,10 @@ from ner_pipeline.checkpoints import check_saved_weights, last_checkpoint
 from ner_pipeline.config import DataConfig, ModelConfig, PipelineConfig, TokenizeConfig, TrainConfig
 from ner_pipeline.errors import ArtifactError
 from ner_pipeline.ingest import run_ingest
+from ner_pipeline.scoring import WordScorer
 from ner_pipeline.tokenize import Preprocessing, load_tokenized, run_tokenize
 from ner_pipeline.train import (
     MODEL_INPUTS,
-    WordScorer,
     history_from_log,
     read_history,
     run_train,

@@ -34,7 +34,7 @@ STAGE_CODE: dict[str, tuple[str, ...]] = {
     # entity_scores picks the best checkpoint (validation F1); the collator and window merging used in training
     # live in preprocessing, covered through the tokenize key
     # callbacks decide when training stops (early stopping, divergence)
-    "train": ("train", "callbacks", "checkpoints", "evaluate:entity_scores"),
+    "train": ("train", "scoring", "callbacks", "checkpoints", "evaluate:entity_scores"),
     "evaluate": ("evaluate", "predict", "backends", "report", "plots"),
     # the parity check runs the predictors and entity_scores, and decides which variants are accepted
     "export": ("export", "predict", "backends", "evaluate:entity_scores"),
