@@ -173,7 +173,9 @@ def test_models_list_of_an_unknown_name_fails_in_one_line(tmp_path: Path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     registry.client_for(uri).create_registered_model("ner-known")  # a store that exists, without that name
     result = cli("models", "list", "ner-unknown", "--set", f"tracking.tracking_uri={uri}", cwd=tmp_path)
-    one_line_error(result, "ner-unknown")
+    line = one_line_error(result, "ner-unknown")
+    listing = run_hint(re.search(r"ner-pipeline [^)]*", line).group(0), tmp_path)
+    assert listing.returncode == 0 and "name" in listing.stdout, listing.stderr[-2000:]
 
 
 # --- model references: one line before any stage runs -----------------------------------------------------------
@@ -293,6 +295,14 @@ def test_serve_with_a_folder_that_is_no_model_fails_in_one_line_before_uvicorn_s
     one_line_error(result, "/etc: not a model folder")
 
 
+def test_predict_on_onnx_without_any_export_offers_pytorch_and_that_hint_runs(tmp_path: Path, person_model: Path):
+    result = cli("predict", "--model", str(person_model), "--backend", "onnx-int8", "Angela Merkel", cwd=tmp_path)
+    line = one_line_error(result, "--backend onnx-int8 needs this model's ONNX export (--onnx)")
+    ran = run_hint(hint_in(line), tmp_path)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    assert json.loads(ran.stdout)["entities"][0]["label"] == "PER"
+
+
 @pytest.mark.slow
 def test_predict_on_onnx_names_the_missing_export_folder_and_the_hint_runs(tmp_path: Path, wnut_tiny):
     from ner_pipeline.config import ExportConfig
@@ -380,7 +390,7 @@ def test_every_hint_of_a_run_works_as_printed(tmp_path: Path, tiny_base_dir: Pat
     assert "--force --reason" in override
     promote = cli("promote", "--model", "ner-tiny", "--version", "2", *refusing, cwd=tmp_path)
     assert promote.returncode == 2 and "REFUSE" in promote.stdout
-    assert hint_in(promote.stdout.splitlines()[-1]).startswith("ner-pipeline promote --model ner-tiny --version 2")
+    assert hint_in(promote.stdout.splitlines()[-1]) == override  # `promote` offers the same command
     forced = run_hint(override, tmp_path)
     assert forced.returncode == 0 and forced.stdout.startswith("PROMOTE"), forced.stdout + forced.stderr[-2000:]
     history = run_hint(hint_in(second.stdout, "History"), tmp_path)
