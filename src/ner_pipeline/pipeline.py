@@ -29,6 +29,7 @@ class RunContext:
 
 Keyer = Callable[[PipelineConfig, Mapping[str, Artifact], RunContext], str]
 Runner = Callable[[PipelineConfig, Mapping[str, Artifact], ArtifactStore, RunContext], Artifact]
+Checker = Callable[[PipelineConfig, Artifact], None]
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,9 @@ class StageSpec:
     upstream: tuple[str, ...]
     key: Keyer
     run: Runner
+    # Holds an artifact, however it was obtained (built, looked up, or served from Prefect's cache), to config
+    # that its key leaves out (ingest: data.scheme); raises the error building it would have raised.
+    check: Checker | None = None
 
 
 def _ingest_spec() -> StageSpec:
@@ -49,6 +53,7 @@ def _ingest_spec() -> StageSpec:
         (),
         key=lambda cfg, up, ctx: ingest.ingest_key(cfg.data),
         run=lambda cfg, up, store, ctx: ingest.run_ingest(cfg.data, store),
+        check=lambda cfg, artifact: ingest.check_scheme(cfg.data, artifact),
     )
 
 
@@ -121,6 +126,11 @@ def _uri(ctx: RunContext) -> str:
     if ctx.tracking_uri is None:
         raise ConfigError("the register stage needs an MLflow tracking URI (tracking.enabled: true)")
     return ctx.tracking_uri
+
+
+def open_store(config: PipelineConfig) -> ArtifactStore:
+    """The config's artifact cache, checking an artifact's files before reuse as `cache.verify` says."""
+    return ArtifactStore(config.artifacts_root, verify=config.cache.verify)
 
 
 SPEC_FACTORIES: dict[str, Callable[[], StageSpec]] = {
@@ -254,9 +264,12 @@ def walk(
     for name in plan(config, selected):
         upstream = {u: summary.stages[u] for u in spec(name).upstream if u in summary.stages}
         started = time.monotonic()
-        if announce:
-            _announce_start(name, config, upstream, ctx, name in selected)
+        if announce:  # a stage to build says its key as it starts (which training is this?)
+            what = f"key {stage_key(name, config, upstream, ctx)}" if name in selected else "(from the cache)"
+            logger.info("%-8s started   %s", name, what)
         artifact = (build if name in selected else lookup)(name, config, upstream, ctx)
+        if (check := spec(name).check) is not None:
+            check(config, artifact)
         if name in selected and not artifact.cached:
             summary.computed.append(name)
         if announce:
@@ -270,16 +283,6 @@ def walk(
     if promote is not None:
         promote_new_version(config, summary, promote)
     return summary
-
-
-def _announce_start(
-    name: str, config: PipelineConfig, upstream: Mapping[str, Artifact], ctx: RunContext, building: bool
-) -> None:
-    """The start line of a stage: one to build announces its key (a long training says which one it is)."""
-    if building:
-        logger.info("%-8s started   key %s", name, stage_key(name, config, upstream, ctx))
-    else:
-        logger.info("%-8s started   (not selected: from the cache)", name)
 
 
 def promote_new_version(config: PipelineConfig, summary: RunSummary, promote: PromoteFn) -> None:

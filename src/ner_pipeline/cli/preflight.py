@@ -75,7 +75,8 @@ def check_cached_inputs(
     Raises:
         ArtifactError: naming the missing stages and the `run` command that builds them (the user's flags kept).
     """
-    store = ArtifactStore(cfg.artifacts_root)
+    # Sizes only: the run itself checks every byte of what it reuses (cache.verify); this check stays quick.
+    store = ArtifactStore(cfg.artifacts_root, verify="size")
     planned = pipeline.plan(cfg, selected)
     missing: list[Artifact] = []
 

@@ -12,7 +12,6 @@ from typing import Annotated, Any
 import typer
 
 from ner_pipeline import pipeline
-from ner_pipeline.artifacts import ArtifactStore
 from ner_pipeline.cli import preflight
 from ner_pipeline.cli.common import DEFAULT_CONFIG, ConfigOpt, SetOpt, load, tracking_uri, user_errors
 from ner_pipeline.cli.console import tell_stage_story
@@ -111,9 +110,10 @@ def promote_hints(decision: str | None, name: str, version: str, invoked: Invoca
 def ingest(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None) -> None:
     """Read and normalise the data set; print the artifact path and a stats table."""
     from ner_pipeline.ingest import run_ingest, stats_table
+    from ner_pipeline.pipeline import open_store
 
     cfg = load(config, set_)
-    artifact = run_ingest(cfg.data, ArtifactStore(cfg.artifacts_root))
+    artifact = run_ingest(cfg.data, open_store(cfg))
     typer.echo(f"ingest artifact: {artifact.path}{' (cached)' if artifact.cached else ''}")
     typer.echo(stats_table(artifact.stats))
 
@@ -136,7 +136,7 @@ def stage(
     stages = pipeline.STAGES[: pipeline.STAGES.index(name) + 1]
     preflight.check_base_model(cfg, stages, origin(config, set_))
     tell_stage_story()
-    done = pipeline.run_pipeline(cfg, ArtifactStore(cfg.artifacts_root), stages=stages)
+    done = pipeline.run_pipeline(cfg, pipeline.open_store(cfg), stages=stages)
     typer.echo(f"{name} artifact: {done[name].path}{' (cached)' if done[name].cached else ''}")
 
 
