@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import get_args
@@ -348,6 +349,19 @@ def test_a_stage_prints_a_line_as_it_starts_and_ends_and_no_third_party_chatter(
     assert re.search(rf"ingest\s+cache hit\s+key {started.group(1)}", again.stdout), again.stdout
 
 
+def get_when_ready(url: str, timeout: float = 180) -> bytes:
+    """GET `url` once the service has loaded its model (it answers 503 until then)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=30) as response:
+                return response.read()
+        except urllib.error.HTTPError as exc:
+            if exc.code != 503 or time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+
+
 # --- run: Prefect's failure stays one line; every closing hint runs as printed -----------------------------------
 
 
@@ -409,8 +423,7 @@ def test_every_hint_of_a_run_works_as_printed(tmp_path: Path, tiny_base_dir: Pat
         )
     try:
         wait_for_port(port, proc, log)
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/model", timeout=30) as response:
-            assert json.loads(response.read())["version"] == "2"
+        assert json.loads(get_when_ready(f"http://127.0.0.1:{port}/model"))["version"] == "2", log.read_text()
     finally:
         proc.terminate()
         proc.wait(timeout=60)
