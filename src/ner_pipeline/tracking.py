@@ -161,7 +161,7 @@ def start_run(
         "mlflow.source.git.commit": git_commit(),
         "config.name": config.name,
         "model.base": config.model.name_or_path,
-        "data.source": f"{config.data.source}:{config.data.path or ''}",
+        "data.source": f"{config.data.source}:{config.data.path}" if config.data.path else config.data.source,
         **{f"version.{k}": v for k, v in package_versions().items()},
         **(tags or {}),
     }

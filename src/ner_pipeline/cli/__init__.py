@@ -37,8 +37,23 @@ app.add_typer(config_app, name="config")
 app.add_typer(models.models_app, name="models")
 
 
+def show_version(value: bool) -> None:
+    if value:
+        from ner_pipeline import __version__
+
+        typer.echo(f"ner-pipeline {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
+def main(
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Debug logging, third-party libraries' INFO lines included.")
+    ] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=show_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
     setup_logging(verbose)
     offline_defaults()
 
