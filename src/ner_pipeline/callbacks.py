@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
+from transformers.trainer_callback import ProgressCallback
 
 from ner_pipeline.config import TrainConfig
 from ner_pipeline.errors import TrainingError
@@ -161,3 +162,16 @@ def raise_if_diverged(trainer: Any, train_cfg: TrainConfig, folder: Path) -> Non
         f"train.learning_rate (now {train_cfg.learning_rate:g}) or raise train.warmup_ratio (now "
         f"{train_cfg.warmup_ratio:g})"
     )
+
+
+class TrainingBar(ProgressCallback):
+    """Trainer's progress bar without its companions: one bar for training, no printed log dicts (they go to the
+    train artifact's history and MLflow) and no second bar for each validation pass."""
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
+        return None
+
+    def on_prediction_step(
+        self, args: Any, state: Any, control: Any, eval_dataloader: Any = None, **kwargs: Any
+    ) -> None:
+        return None

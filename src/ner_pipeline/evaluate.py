@@ -227,7 +227,16 @@ def predict_split(predictor: Any, tokens: list[list[str]], doc_ids: Sequence[int
         for i in range(len(tokens)):
             before, after = document_neighbours(doc_ids, i)
             contexts.append(([w for b in before for w in tokens[b]], [w for a in after for w in tokens[a]]))
-    return predictor.predict_words(tokens, contexts=contexts)
+    from tqdm.auto import tqdm
+
+    step = 256  # sentences per call: a progress bar that moves, and the predictor still fills its batches
+    tags: Tags = []
+    with tqdm(total=len(tokens), desc="evaluate", unit="sent", mininterval=2, leave=False) as bar:
+        for start in range(0, len(tokens), step):
+            chunk = contexts[start : start + step] if contexts is not None else None
+            tags += predictor.predict_words(tokens[start : start + step], contexts=chunk)
+            bar.update(len(tokens[start : start + step]))
+    return tags
 
 
 def score_splits(

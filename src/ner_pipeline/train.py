@@ -184,8 +184,9 @@ def build_trainer(
 ) -> tuple[Any, Preprocessing]:
     """The Trainer for this config: model with the artifact's labels, length-grouped dynamic padding, scorer."""
     from transformers import AutoModelForTokenClassification, AutoTokenizer, DataCollatorForTokenClassification
+    from transformers.trainer_callback import ProgressCallback
 
-    from ner_pipeline.callbacks import DivergenceGuard, PatientEarlyStopping
+    from ner_pipeline.callbacks import DivergenceGuard, PatientEarlyStopping, TrainingBar
 
     prep = Preprocessing.load(tokenize_artifact.path)
     tokenizer = AutoTokenizer.from_pretrained(str(tokenize_artifact.path / "tokenizer"))
@@ -201,7 +202,7 @@ def build_trainer(
         ignore_mismatched_sizes=True,  # fine-tuning an NER model on a new label set replaces its head
     )
     patience = train_cfg.early_stopping_patience
-    return trainer_class()(
+    trainer = trainer_class()(
         model=model,
         args=training_arguments(train_cfg, output_dir),
         train_dataset=train_split.select_columns(MODEL_INPUTS),
@@ -211,7 +212,10 @@ def build_trainer(
         compute_metrics=WordScorer.from_split(validation, prep.labels),  # rows in the same order as evaluated
         preprocess_logits_for_metrics=argmax_logits,
         callbacks=[DivergenceGuard(), *([PatientEarlyStopping(patience)] if patience else []), *callbacks],
-    ), prep
+    )
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(TrainingBar)
+    return trainer, prep
 
 
 def fit(
