@@ -111,17 +111,20 @@ def evaluate(
     from ner_pipeline.ingest import read_evaluation_data
 
     cfg = load(config, set_)
-    model_dir = resolve_model_dir(model, cfg)
+    model_dir, backend, onnx_dir = resolve_model(model, cfg)
     splits = read_evaluation_data(data, cfg.data)
-    report = evaluate_model(model_dir, splits, cfg.evaluate, out)
+    report = evaluate_model(model_dir, splits, cfg.evaluate, out, backend, onnx_dir)
     typer.echo(report.to_markdown() if hasattr(report, "to_markdown") else str(report))
     typer.echo(f"\nreport written to {out}")
 
 
-def resolve_model_dir(model: str, cfg: PipelineConfig) -> Path:
-    """A model folder, or a registered model version downloaded from MLflow."""
+def resolve_model(model: str, cfg: PipelineConfig) -> tuple[Path, str, Path | None]:
+    """(model folder, backend, ONNX folder): a folder runs on PyTorch; a registered version, downloaded from
+    MLflow, on the variant it serves (all it ships: see `registry.pyfunc`)."""
     if model.startswith("models:/"):
         from ner_pipeline import registry
+        from ner_pipeline.registry.pyfunc import served_variant
 
-        return registry.download_model(model, tracking_uri(cfg))
-    return Path(model)
+        fetched = registry.fetch_model(model, tracking_uri(cfg))
+        return fetched.model_dir, served_variant(fetched.onnx_dir).backend, fetched.onnx_dir
+    return Path(model), "torch", None
