@@ -87,7 +87,10 @@ def log_and_register(
         logger.info("%s version %s already carries register key %s: registering nothing", name, found.version, key)
         model_uri, version, run_id = found.source, str(found.version), found.run_id
     else:
-        model_uri, version, run_id = _log_and_create_version(name, model_dir, onnx_dir, tracking_uri, run_id, tags)
+        sources = {"model": str(model_dir)}
+        if onnx_dir is not None and onnx_dir.is_dir():
+            sources["onnx"] = str(onnx_dir)
+        model_uri, version, run_id = _log_and_create_version(name, sources, tracking_uri, run_id, tags)
         first = _first_of_concurrent(client, name, key, version)
         if first is not None:
             model_uri, version, run_id = first.source, str(first.version), first.run_id
@@ -127,17 +130,13 @@ def _first_of_concurrent(client: Any, name: str, key: str | None, version: str) 
 
 
 def _log_and_create_version(
-    name: str,
-    model_dir: Path,
-    onnx_dir: Path | None,
-    tracking_uri: str,
-    run_id: str | None,
-    tags: Mapping[str, str],
+    name: str, sources: Mapping[str, str], tracking_uri: str, run_id: str | None, tags: Mapping[str, str]
 ) -> tuple[str, str, str]:
     """Log the pyfunc model in run `run_id` (or a new run) and register it: (model_uri, version, run_id).
 
-    Only the files of the served variant are logged (`pyfunc.stage_model_files`), and the variant is recorded in
-    the MLmodel metadata (`served_backend`, `served_onnx_file`), where the MLflow UI shows it.
+    `sources` names the model folder (`model`) and the export folder (`onnx`, if any). Only the files of the
+    variant the export's parity check made the serving default are logged (`pyfunc.stage_model_files`), and the
+    variant is recorded in the MLmodel metadata (`served_backend`, `served_onnx_file`), shown by the MLflow UI.
 
     The only place that points MLflow's process-wide URIs anywhere, because MLflow 3 leaves no other way:
     `start_run` and `pyfunc.log_model` take no tracking URI, and registering a `models:/<model id>` source makes
@@ -147,7 +146,8 @@ def _log_and_create_version(
     import mlflow
 
     with tempfile.TemporaryDirectory(prefix="ner-logged-model-") as staging:
-        variant, artifacts = stage_model_files(model_dir, onnx_dir, Path(staging))
+        onnx_dir = Path(sources["onnx"]) if "onnx" in sources else None
+        variant, artifacts = stage_model_files(Path(sources["model"]), onnx_dir, Path(staging))
         served = {"served_backend": variant.backend}
         if variant.onnx_file is not None:
             served["served_onnx_file"] = variant.onnx_file.name
