@@ -34,6 +34,7 @@ from ner_pipeline.configfile import (
     read_yaml,
 )
 from ner_pipeline.errors import ConfigError
+from ner_pipeline.integrity import VerifyMode
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 DEFAULT_ARTIFACT_LOCATION = "mlruns/artifacts"
@@ -167,7 +168,10 @@ class TrainConfig(_Section):
     group_by_length: bool = Field(True, description="Batch sentences of similar length to limit padding.")
     save_steps: Int | None = Field(None, gt=0, description="Checkpoint every N steps (None: every epoch).")
     early_stopping_patience: Int | None = Field(
-        2, ge=1, description="Stop after this many evaluations without a better validation F1 (None: off)."
+        2,
+        ge=1,
+        description="Stop after this many evaluations without a better validation F1, counting only once F1 has "
+        "risen above 0.05 and while validation loss falls by less than 1% (None: off).",
     )
     max_train_sentences: Int | None = Field(None, gt=0, description="Train on at most this many sentences.")
     num_threads: Int | None = Field(None, gt=0, description="torch threads (None: all cores available).")
@@ -254,16 +258,38 @@ class ServeConfig(_Section):
         None, description="Folder (relative: to the project root) or models:/NAME@alias; None: registry production."
     )
     backend: Literal["auto", "torch", "onnx", "onnx-int8"] = "auto"
-    max_texts: Int = Field(64, gt=0)
-    max_chars: Int = Field(20_000, gt=0)
-    max_batch_size: Int = Field(32, gt=0)
-    batch_wait_ms: Float = Field(5.0, ge=0)
+    max_texts: Int = Field(64, gt=0, description="Texts per request (413 past it).")
+    max_chars: Int = Field(20_000, gt=0, description="Characters per text (413 past it).")
+    max_request_chars: Int = Field(100_000, gt=0, description="Characters per request, all texts (413 past it).")
+    max_body_bytes: Int = Field(
+        2 * 1024 * 1024, gt=0, description="Request body bytes, refused from Content-Length before reading (413)."
+    )
+    max_batch_size: Int = Field(32, gt=0, description="Texts coalesced into one batch.")
+    max_batch_chars: Int = Field(
+        8192,
+        gt=0,
+        description="Characters coalesced into one batch; a larger request runs alone, its forward passes taking "
+        "turns with the batches'.",
+    )
+    batch_wait_ms: Float = Field(5.0, ge=0, description="How long a batch waits for more requests to join it.")
+    max_queue: Int = Field(128, gt=0, description="Requests waiting or running; past it 503 with Retry-After.")
+    request_timeout_s: Float = Field(60.0, gt=0, description="Deadline per request, queueing included (504).")
     api_key_env: str = Field("NER_API_KEY", description="Environment variable holding the API key, if any.")
     reload_poll_seconds: Float | None = Field(None, gt=0, description="Poll the alias this often (None: off).")
     threads: Int | None = Field(None, gt=0, description="Inference threads (None: the runtime's default).")
 
     def _resolved_paths(self, root: Path) -> dict[str, Any]:
         return {"model_uri": local_path(self.model_uri, root)}
+
+
+class CacheConfig(_Section):
+    """How the artifact cache checks an artifact before reusing it."""
+
+    verify: VerifyMode = Field(
+        "sha256",
+        description="sha256: hash every file against the manifest (catches any change); size: compare sizes only "
+        "(catches deleted and truncated files, not an overwrite of equal size).",
+    )
 
 
 class PipelineConfig(_Section):
@@ -280,6 +306,7 @@ class PipelineConfig(_Section):
     registry: RegistryConfig = RegistryConfig()
     export: ExportConfig = ExportConfig()
     serve: ServeConfig = ServeConfig()
+    cache: CacheConfig = CacheConfig()
 
     def _resolved_paths(self, root: Path) -> dict[str, Any]:
         return {"artifacts_root": str(absolute_path(self.artifacts_root, root))}

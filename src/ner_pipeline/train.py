@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ner_pipeline.artifacts import Artifact, ArtifactStore, artifact_key, write_json_atomic
-from ner_pipeline.checkpoints import last_checkpoint, remove_incomplete_checkpoints, tokens_seen
+from ner_pipeline.checkpoints import check_saved_weights, last_checkpoint, remove_incomplete_checkpoints, tokens_seen
 from ner_pipeline.config import ModelConfig, TrainConfig
 from ner_pipeline.modelref import WEIGHT_PATTERNS, model_fingerprint, resolve_model_ref
 from ner_pipeline.plots import plot_history
@@ -163,6 +163,8 @@ def training_arguments(train_cfg: TrainConfig, output_dir: Path) -> Any:
         eval_steps=train_cfg.save_steps,
         save_steps=train_cfg.save_steps,
         logging_steps=train_cfg.save_steps or 500,
+        # By default the Trainer leaves NaN/inf losses out of the logged average, hiding a diverged run.
+        logging_nan_inf_filter=False,
         save_total_limit=2,  # the best and the latest
         load_best_model_at_end=True,
         metric_for_best_model="f1",
@@ -229,12 +231,9 @@ def build_trainer(
     model_cfg: ModelConfig, train_cfg: TrainConfig, tokenize_artifact: Artifact, output_dir: Path
 ) -> tuple[Any, Preprocessing]:
     """The Trainer for this config: model with the artifact's labels, length-grouped dynamic padding, scorer."""
-    from transformers import (
-        AutoModelForTokenClassification,
-        AutoTokenizer,
-        DataCollatorForTokenClassification,
-        EarlyStoppingCallback,
-    )
+    from transformers import AutoModelForTokenClassification, AutoTokenizer, DataCollatorForTokenClassification
+
+    from ner_pipeline.callbacks import DivergenceGuard, PatientEarlyStopping
 
     prep = Preprocessing.load(tokenize_artifact.path)
     tokenizer = AutoTokenizer.from_pretrained(str(tokenize_artifact.path / "tokenizer"))
@@ -259,7 +258,7 @@ def build_trainer(
         processing_class=tokenizer,
         compute_metrics=WordScorer.from_split(validation, prep.labels),  # rows in the same order as evaluated
         preprocess_logits_for_metrics=argmax_logits,
-        callbacks=[EarlyStoppingCallback(patience)] if patience else [],
+        callbacks=[DivergenceGuard(), *([PatientEarlyStopping(patience)] if patience else [])],
     ), prep
 
 
@@ -267,6 +266,8 @@ def fit(model_cfg: ModelConfig, train_cfg: TrainConfig, tokenize_artifact: Artif
     """Fine-tune in `work/checkpoints`, resuming from the last complete checkpoint there if an attempt died."""
     import torch
     from transformers import set_seed
+
+    from ner_pipeline.callbacks import raise_if_diverged
 
     torch.set_num_threads(torch_threads(train_cfg))
     set_seed(train_cfg.seed)
@@ -283,8 +284,16 @@ def fit(model_cfg: ModelConfig, train_cfg: TrainConfig, tokenize_artifact: Artif
         # transformers 4.57 wraps its per-step token count (a tensor) in torch.tensor() and warns every epoch.
         warnings.filterwarnings("ignore", message="To copy construct from a tensor", category=UserWarning)
         output = trainer.train(resume_from_checkpoint=checkpoint)
+    raise_if_diverged(trainer, train_cfg, folder)
     history = history_from_log(trainer.state.log_history)
     stats = training_stats(trainer, output.metrics, history, step, tokens_before)
+    if stats["eval_f1_near_zero"]:
+        logger.warning(
+            "best validation F1 %.4f is near zero: the model has not learned; train longer (train.epochs) or with "
+            "another train.learning_rate (now %g)",
+            stats["best_eval_f1"],
+            train_cfg.learning_rate,
+        )
     return FitResult(trainer, prep, history, stats, is_main=trainer.args.process_index == 0)
 
 
@@ -299,9 +308,14 @@ def training_stats(
         float(e.get("eval_runtime", 0.0)) for e in state.log_history if (e.get("step") or 0) > resumed_step
     )
     training_only = max(runtime - evaluating, 1e-9)
+    from ner_pipeline.callbacks import NEAR_ZERO_F1
+
     tokens = state.num_input_tokens_seen - tokens_before  # non-padding tokens, summed over ranks
+    best_f1 = max((r["eval_f1"] or 0.0 for r in history), default=None)
     return {
-        "best_eval_f1": max((r["eval_f1"] or 0.0 for r in history), default=None),
+        "best_eval_f1": best_f1,
+        # A model that never rose above near-zero validation F1 has not learned: flagged, not silently passed on.
+        "eval_f1_near_zero": best_f1 is not None and best_f1 <= NEAR_ZERO_F1,
         "epochs_run": round(float(state.epoch or 0), 3),
         "global_step": state.global_step,
         "train_runtime_s": round(runtime, 2),
@@ -318,6 +332,7 @@ def save_outputs(result: FitResult, tokenize_artifact: Artifact, folder: Path) -
     """Write model/ (weights, tokenizer, preprocessing.json), history.json and training_curves.png."""
     model_dir = folder / "model"
     result.trainer.model.save_pretrained(str(model_dir), safe_serialization=True)
+    check_saved_weights(model_dir)
     result.trainer.processing_class.save_pretrained(str(model_dir))
     result.prep.save(model_dir)
     write_json_atomic(folder / "history.json", result.history)

@@ -8,7 +8,6 @@ from typing import Annotated, Any
 
 import typer
 
-from ner_pipeline.artifacts import ArtifactStore
 from ner_pipeline.cli.common import DEFAULT_CONFIG, ConfigOpt, SetOpt, load, tracking_uri, user_errors
 from ner_pipeline.config import PipelineConfig
 
@@ -74,9 +73,10 @@ def next_steps(summary: Any) -> str:
 def ingest(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None) -> None:
     """Read and normalise the data set; print the artifact path and a stats table."""
     from ner_pipeline.ingest import run_ingest, stats_table
+    from ner_pipeline.pipeline import open_store
 
     cfg = load(config, set_)
-    artifact = run_ingest(cfg.data, ArtifactStore(cfg.artifacts_root))
+    artifact = run_ingest(cfg.data, open_store(cfg))
     typer.echo(f"ingest artifact: {artifact.path}{' (cached)' if artifact.cached else ''}")
     typer.echo(stats_table(artifact.stats))
 
@@ -93,7 +93,7 @@ def stage(
 
     cfg = load(config, set_)
     index = pipeline.STAGES.index(pipeline.check_stage(name))
-    done = pipeline.run_pipeline(cfg, ArtifactStore(cfg.artifacts_root), stages=pipeline.STAGES[: index + 1])
+    done = pipeline.run_pipeline(cfg, pipeline.open_store(cfg), stages=pipeline.STAGES[: index + 1])
     typer.echo(f"{name} artifact: {done[name].path}{' (cached)' if done[name].cached else ''}")
 
 
