@@ -14,6 +14,7 @@ model is the one bench/train_conll.py trained (and its ONNX export); `--model-di
 
     .venv/bin/python bench/serve_load.py --seconds 30
     .venv/bin/python bench/serve_load.py --seconds 3 --dry-run --model-dir M --onnx-dir O    # a smoke run
+    .venv/bin/python bench/serve_load.py --only "naive onnx-int8" --only "ours onnx-int8"    # some rows, no files
 """
 
 from __future__ import annotations
@@ -155,6 +156,9 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--poison-every", type=int, default=20)
     parser.add_argument("--dry-run", action="store_true", help="Measure and print; write no results or doc.")
+    parser.add_argument(
+        "--only", action="append", choices=ROWS, help="Measure only this row (repeatable); writes nothing."
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     # A log line per request in the load generator would take CPU from the server under test on 2 cores.
@@ -163,9 +167,12 @@ def main() -> None:
     texts = [" ".join(s.tokens) for s in read_conll(args.data / "test.txt")]
 
     rows = {}
-    for row in ROWS:
+    for row in args.only or ROWS:
         port = free_port()
         rows[row] = measure(row, server_command(row, model_dir, onnx_dir, port), port, texts, args)
+    if args.only:
+        print(json.dumps(rows, indent=1))
+        return
     port = free_port()
     fault_cmd = server_command("ours onnx-int8", model_dir, onnx_dir, port)
     fault = measure("ours onnx-int8", fault_cmd, port, texts, args, poison=args.poison_every)
