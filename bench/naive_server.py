@@ -19,7 +19,7 @@ class Request(BaseModel):
 
 def make_app(model_dir: str) -> FastAPI:
     app = FastAPI()
-    tagger = pipeline("token-classification", model=model_dir, aggregation_strategy="simple", device=-1)
+    tagger = pipeline("token-classification", model=model_dir, aggregation_strategy="first", device=-1)
 
     @app.post("/predict")
     def predict(body: Request) -> dict:

@@ -158,9 +158,9 @@ def evaluate(
 
     cfg = load(config, set_)
     out = out or default_evaluation_dir(cfg, model)
-    model_dir = resolve_model_dir(model, cfg)
+    model_dir, backend, onnx_dir = resolve_model(model, cfg)
     splits = read_evaluation_data(data, cfg.data)
-    report = evaluate_model(model_dir, splits, cfg.evaluate, out)
+    report = evaluate_model(model_dir, splits, cfg.evaluate, out, backend, onnx_dir)
     typer.echo(report.to_markdown() if hasattr(report, "to_markdown") else str(report))
     typer.echo(f"\nreport written to {out}")
 
@@ -176,10 +176,13 @@ def default_evaluation_dir(cfg: PipelineConfig, model: str) -> Path:
     return Path(cfg.artifacts_root) / "evaluations" / f"{label}-{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
 
 
-def resolve_model_dir(model: str, cfg: PipelineConfig) -> Path:
-    """A model folder, or a registered model version downloaded from MLflow."""
+def resolve_model(model: str, cfg: PipelineConfig) -> tuple[Path, str, Path | None]:
+    """(model folder, backend, ONNX folder): a folder runs on PyTorch; a registered version, downloaded from
+    MLflow, on the variant it serves (all it ships: see `registry.pyfunc`)."""
     if model.startswith("models:/"):
         from ner_pipeline import registry
+        from ner_pipeline.registry.pyfunc import served_variant
 
-        return registry.download_model(model, tracking_uri(cfg))
-    return Path(model)
+        fetched = registry.fetch_model(model, tracking_uri(cfg))
+        return fetched.model_dir, served_variant(fetched.onnx_dir).backend, fetched.onnx_dir
+    return Path(model), "torch", None

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,7 +25,13 @@ from typing import Any
 from ner_pipeline.artifacts import Artifact, ArtifactStore, artifact_key, write_json_atomic
 from ner_pipeline.config import RegistryConfig
 from ner_pipeline.registry.client import canonical_uri, client_for
-from ner_pipeline.registry.pyfunc import PACKAGE_DIR, make_pyfunc_model, pip_requirements, pyfunc_signature
+from ner_pipeline.registry.pyfunc import (
+    PACKAGE_DIR,
+    make_pyfunc_model,
+    pip_requirements,
+    pyfunc_signature,
+    stage_model_files,
+)
 from ner_pipeline.registry.tags import ARTIFACT_TAG, CHALLENGER, version_tags
 
 logger = logging.getLogger(__name__)
@@ -67,7 +74,8 @@ def log_and_register(
         run_id: The pipeline's MLflow run; None starts a run of its own.
         tags: Version tags (see `registry.tags.version_tags`).
         description: Version description shown in the MLflow UI.
-        onnx_dir: Exported ONNX variants to ship with the model, if any.
+        onnx_dir: The export folder; the variant its parity check made the serving default is logged with the
+            model (only that one: see `registry.pyfunc`).
 
     Returns:
         name, version, run_id and model_uri of the version.
@@ -79,10 +87,10 @@ def log_and_register(
         logger.info("%s version %s already carries register key %s: registering nothing", name, found.version, key)
         model_uri, version, run_id = found.source, str(found.version), found.run_id
     else:
-        artifacts = {"model": str(model_dir)}
+        sources = {"model": str(model_dir)}
         if onnx_dir is not None and onnx_dir.is_dir():
-            artifacts["onnx"] = str(onnx_dir)
-        model_uri, version, run_id = _log_and_create_version(name, artifacts, tracking_uri, run_id, tags)
+            sources["onnx"] = str(onnx_dir)
+        model_uri, version, run_id = _log_and_create_version(name, sources, tracking_uri, run_id, tags)
         first = _first_of_concurrent(client, name, key, version)
         if first is not None:
             model_uri, version, run_id = first.source, str(first.version), first.run_id
@@ -122,9 +130,13 @@ def _first_of_concurrent(client: Any, name: str, key: str | None, version: str) 
 
 
 def _log_and_create_version(
-    name: str, artifacts: Mapping[str, str], tracking_uri: str, run_id: str | None, tags: Mapping[str, str]
+    name: str, sources: Mapping[str, str], tracking_uri: str, run_id: str | None, tags: Mapping[str, str]
 ) -> tuple[str, str, str]:
     """Log the pyfunc model in run `run_id` (or a new run) and register it: (model_uri, version, run_id).
+
+    `sources` names the model folder (`model`) and the export folder (`onnx`, if any). Only the files of the
+    variant the export's parity check made the serving default are logged (`pyfunc.stage_model_files`), and the
+    variant is recorded in the MLmodel metadata (`served_backend`, `served_onnx_file`), shown by the MLflow UI.
 
     The only place that points MLflow's process-wide URIs anywhere, because MLflow 3 leaves no other way:
     `start_run` and `pyfunc.log_model` take no tracking URI, and registering a `models:/<model id>` source makes
@@ -133,18 +145,25 @@ def _log_and_create_version(
     """
     import mlflow
 
-    with _fluent_uris(tracking_uri), mlflow.start_run(run_id=run_id) as run:
-        signature, example = pyfunc_signature()
-        info = mlflow.pyfunc.log_model(
-            name=MODEL_ARTIFACT_PATH,
-            python_model=make_pyfunc_model(),
-            artifacts=dict(artifacts),
-            signature=signature,
-            input_example=example,
-            pip_requirements=pip_requirements(),
-            code_paths=[str(PACKAGE_DIR)],
-        )
-        version = mlflow.register_model(info.model_uri, name, tags=dict(tags))
+    with tempfile.TemporaryDirectory(prefix="ner-logged-model-") as staging:
+        onnx_dir = Path(sources["onnx"]) if "onnx" in sources else None
+        variant, artifacts = stage_model_files(Path(sources["model"]), onnx_dir, Path(staging))
+        served = {"served_backend": variant.backend}
+        if variant.onnx_file is not None:
+            served["served_onnx_file"] = variant.onnx_file.name
+        with _fluent_uris(tracking_uri), mlflow.start_run(run_id=run_id) as run:
+            signature, example = pyfunc_signature()
+            info = mlflow.pyfunc.log_model(
+                name=MODEL_ARTIFACT_PATH,
+                python_model=make_pyfunc_model(),
+                artifacts=artifacts,
+                signature=signature,
+                input_example=example,
+                pip_requirements=pip_requirements(variant.backend),
+                code_paths=[str(PACKAGE_DIR)],
+                metadata=served,
+            )
+            version = mlflow.register_model(info.model_uri, name, tags=dict(tags))
     return info.model_uri, str(version.version), run.info.run_id
 
 
