@@ -22,7 +22,6 @@ artifact cache, or trained first).
 from __future__ import annotations
 
 import argparse
-import bisect
 import json
 import logging
 import statistics
@@ -35,7 +34,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from infer_data import Split, load_splits_for_bench
+from infer_data import Split, load_splits_for_bench, sentence_f1, to_tags
 from infer_tuning import GOAL_POINTS, make_predictor, tune
 from report import ROOT, machine, markdown_table, update_doc, write_results
 
@@ -45,17 +44,6 @@ Entities = list[tuple[int, int, str]]  # (start, end, label) per entity of one t
 Tagger = Callable[[list[str]], list[Entities]]
 OURS = {"ours torch": "torch", "ours onnx fp32": "onnx", "ours onnx int8": "onnx-int8"}
 ROWS = ["transformers pipeline", *OURS]
-
-
-def to_tags(entities: Entities, offsets: list[tuple[int, int]]) -> list[str]:
-    """IOB2 tags for the words an entity's characters overlap (offsets ascending)."""
-    tags = ["O"] * len(offsets)
-    starts, ends = [a for a, _ in offsets], [b for _, b in offsets]
-    for start, end, label in sorted(entities):
-        inside = [i for i in range(bisect.bisect_right(ends, start), bisect.bisect_left(starts, end)) if tags[i] == "O"]
-        for k, i in enumerate(inside):
-            tags[i] = ("B-" if k == 0 else "I-") + label
-    return tags
 
 
 def time_batches(tag: Tagger, texts: list[str], batch: int) -> tuple[float, list[float], list[Entities]]:
@@ -91,11 +79,6 @@ def predictor_tagger(predictor: Any) -> Tagger:
         return [[(e.start, e.end, e.label) for e in ents] for ents in predictor.predict(texts)]
 
     return tag
-
-
-def sentence_f1(split: Split, outputs: list[Entities]) -> float:
-    predicted = [to_tags(ents, off) for ents, off in zip(outputs, split.offsets, strict=True)]
-    return entity_scores(split.gold, predicted)["f1"]
 
 
 def document_f1(tag: Tagger, split: Split, batch: int = 8) -> float:

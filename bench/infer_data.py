@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 from pathlib import Path
 
+from ner_pipeline.evaluate import entity_scores
 from ner_pipeline.ingest import read_single_file
 
 Offsets = list[tuple[int, int]]
+Entities = list[tuple[int, int, str]]  # (start, end, label) per entity of one text
 
 
 def word_offsets(tokens: list[str], start: int = 0) -> tuple[str, Offsets]:
@@ -70,3 +73,21 @@ def load_splits_for_bench(data: Path, limit: int | None = None) -> dict[str, Spl
     if not (data / "test.txt").is_file():
         raise SystemExit(f"CoNLL-2003 not found at {data}")
     return {name: read_split(data / f"{name}.txt", limit) for name in ("validation", "test")}
+
+
+def to_tags(entities: Entities, offsets: Offsets) -> list[str]:
+    """IOB2 tags for the words an entity's characters overlap (offsets ascending)."""
+    tags = ["O"] * len(offsets)
+    starts, ends = [a for a, _ in offsets], [b for _, b in offsets]
+    for start, end, label in sorted(entities):
+        inside = [i for i in range(bisect.bisect_right(ends, start), bisect.bisect_left(starts, end)) if tags[i] == "O"]
+        for k, i in enumerate(inside):
+            tags[i] = ("B-" if k == 0 else "I-") + label
+    return tags
+
+
+def sentence_f1(split: Split, outputs: list[Entities]) -> float:
+    """Entity F1 of the entities found in the split's first sentences joined by spaces (one output a sentence)."""
+    offsets = split.offsets[: len(outputs)]
+    predicted = [to_tags(ents, off) for ents, off in zip(outputs, offsets, strict=True)]
+    return entity_scores(split.gold[: len(outputs)], predicted)["f1"]

@@ -88,7 +88,8 @@ class TorchBackend:
 
 
 # Whether ONNX Runtime's worker threads spin between forward passes (its default) or sleep. Spinning answers the
-# next pass sooner but takes a core from the Python work between passes; chosen on validation by bench/infer.py.
+# next pass sooner but takes a core from the Python work between passes. ONNX Runtime's default until
+# bench/infer.py's validation tuning says otherwise (`tuning.<backend>.matches_code`).
 SPINNING = {"onnx": True, "onnx-int8": True}
 
 
