@@ -234,8 +234,8 @@ class Predictor:
                     [p for a in after for p in pieces.get(a, [])],
                 )
         elif self.prep.document_context and contexts is not None:
-            lefts = self.encoder.subwords([list(contexts[i][0]) for i in present])
-            rights = self.encoder.subwords([list(contexts[i][1]) for i in present])
+            lefts = self._subwords([contexts[i][0] for i in present])
+            rights = self._subwords([contexts[i][1] for i in present])
             around = dict(zip(present, zip(lefts, rights, strict=True), strict=True))
         windows: list[Window] = []
         owners: list[int] = []
