@@ -1,5 +1,8 @@
 """The baseline service of the seed design: FastAPI + a transformers pipeline, one PyTorch forward per request.
 
+The pipeline reads each word from its first subword (`aggregation_strategy="first"`), as the model was trained;
+`"simple"` breaks entities apart and would make the baseline look worse than it is.
+
 python bench/naive_server.py MODEL_DIR PORT
 """
 
