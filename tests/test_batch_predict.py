@@ -146,3 +146,48 @@ def test_job_is_logged_to_one_mlflow_run(tmp_path: Path, person_model: Path) -> 
     assert run.data.params["input.fingerprint"] == result.input_fingerprint
     assert run.data.metrics["texts"] == 12 and run.data.metrics["texts_per_s"] > 0
     assert run.data.metrics["entities.PER"] == result.entities["PER"] > 0
+
+
+def test_batch_predict_command_writes_parquet_and_says_what_it_did(tmp_path: Path, person_model: Path) -> None:
+    from typer.testing import CliRunner
+
+    from ner_pipeline.cli import app
+    from tests.conftest import write_tiny_config
+
+    config = write_tiny_config(tmp_path, person_model)
+    corpus = write_txt(tmp_path / "in")
+    out = tmp_path / "tags.parquet"
+    args = ["batch-predict", str(corpus), "-o", str(out), "-m", str(person_model), "-c", str(config),
+            "--chunk-size", "5", "--backend", "torch", "--no-progress"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "12 texts tagged" in result.output and "(3/3 chunks computed" in result.output
+    assert pq.read_table(out).num_rows == 12
+    again = CliRunner().invoke(app, args)
+    assert "(0/3 chunks computed" in again.output
+    missing = CliRunner().invoke(app, [*args[:1], str(tmp_path / "nope.txt"), *args[2:]])
+    assert missing.exit_code == 1 and "nope.txt: no such file or folder" in missing.output
+
+
+@pytest.mark.slow
+def test_flow_tags_a_corpus_under_prefect(tmp_path: Path, person_model: Path) -> None:
+    from prefect.testing.utilities import prefect_test_harness
+
+    import ner_pipeline_flows
+    import ner_pipeline_tasks
+    from tests.conftest import REPO_ROOT, write_tiny_config
+
+    # The installed names point at the checkout the venv was installed from; look in this one first.
+    ner_pipeline_flows.__path__.insert(0, str(REPO_ROOT / "flows"))
+    ner_pipeline_tasks.__path__.insert(0, str(REPO_ROOT / "tasks"))
+    from ner_pipeline_flows.batch_predict import batch_predict_flow
+
+    config = write_tiny_config(tmp_path, person_model)
+    corpus = write_txt(tmp_path / "in")
+    with prefect_test_harness():
+        summary = batch_predict_flow(
+            str(corpus), model=str(person_model), config_path=str(config), chunk_size=5, backend="torch"
+        )
+    assert summary == {"output": str(tmp_path / "in" / "corpus.entities.parquet"), "texts": 12, "computed": 3,
+                       "chunks": 3}  # fmt: skip
+    assert pq.read_table(summary["output"]).num_rows == 12

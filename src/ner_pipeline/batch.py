@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ner_pipeline.artifacts import Artifact, ArtifactStore, artifact_key, hash_files
+from ner_pipeline.config import PipelineConfig
 from ner_pipeline.corpus import Corpus, fingerprint, read_corpus
 from ner_pipeline.errors import ModelError
 from ner_pipeline.lineage import library_version, module_fingerprint
@@ -37,6 +38,7 @@ VERSION = "1"
 CHUNK_SIZE = 10_000
 PROGRESS_STEP = 500  # texts per predictor call inside a chunk: how often the progress bar moves
 CHUNK_FILE = "predictions.parquet"
+BATCH_EXPERIMENT = "ner-batch-predict"  # the MLflow experiment of batch jobs
 # What decides a chunk's output besides the model and settings (the batch stage is not in lineage.STAGE_CODE).
 CODE = ("batch", "corpus", "predict", "backends", "preprocessing", "spans", "serve.loading")
 LIBRARIES = ("torch", "transformers", "tokenizers", "onnxruntime", "pyarrow")
@@ -318,3 +320,45 @@ def _progress_bar(total: int, enabled: bool) -> Iterator[Any]:
         yield bar
     finally:
         bar.close()
+
+
+def run_job(
+    cfg: PipelineConfig,
+    source: str,
+    output: str,
+    model_source: str | None = None,
+    tags: dict[str, str] | None = None,
+    **options: Any,
+) -> BatchResult:
+    """A batch job as the CLI and the flow run it: the config's artifact store and MLflow store, one run per job.
+
+    Args:
+        cfg: The resolved pipeline config (artifacts root, tracking, registry model name).
+        source: The corpus.
+        output: The Parquet file to write.
+        model_source: A model folder or `models:/...`; None: `models:/<registry.model_name>@production`.
+        tags: Extra MLflow run tags (e.g. the Prefect flow run id).
+        options: Passed to `run_batch` (chunk_size, backend, onnx, text_field, progress).
+    """
+    import os
+
+    from ner_pipeline import tracking
+
+    model_source = model_source or f"models:/{cfg.registry.model_name}@production"
+    uri = tracking.resolve_tracking_uri(cfg.tracking, os.environ)
+    tracker = None
+    if cfg.tracking.enabled:
+        run_name = f"batch-{Path(source.rstrip('/')).name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+        tracker = tracking.start_job_run(
+            uri, BATCH_EXPERIMENT, cfg.tracking.artifact_location, run_name, {"job": STAGE, **(tags or {})}
+        )
+    store = ArtifactStore(cfg.artifacts_root, verify=cfg.cache.verify)
+    try:
+        result = run_batch(source, model_source, output, store, uri, tracker=tracker, **options)
+    except BaseException:
+        if tracker is not None:
+            tracker.end("FAILED")
+        raise
+    if tracker is not None:
+        tracker.end("FINISHED")
+    return result
