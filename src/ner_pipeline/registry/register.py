@@ -23,6 +23,7 @@ from typing import Any
 
 from ner_pipeline.artifacts import Artifact, ArtifactStore, artifact_key, write_json_atomic
 from ner_pipeline.config import RegistryConfig
+from ner_pipeline.registry import card
 from ner_pipeline.registry.client import canonical_uri, client_for
 from ner_pipeline.registry.pyfunc import PACKAGE_DIR, make_pyfunc_model, pip_requirements, pyfunc_signature
 from ner_pipeline.registry.tags import ARTIFACT_TAG, CHALLENGER, version_tags
@@ -218,6 +219,8 @@ def run_register(
             description=describe(evaluation.stats, tags),
             onnx_dir=export.path if export is not None else None,
         )
+        summary = describe(evaluation.stats, tags)
+        card.publish(client_for(tracking_uri), record, upstream, tags.get("model.base"), summary)
         write_json_atomic(folder / "registration.json", record)
         return record
 
