@@ -28,8 +28,13 @@ CARD_FILE = "README.md"
 SOURCE_LANGUAGES = {"conll2003": "en", "wnut16": "en", "wnut17": "en"}
 
 
+def _config(artifact: Artifact | None) -> dict[str, Any]:
+    """The config a stage recorded in its manifest (empty when it recorded none)."""
+    return dict((artifact.manifest.get("config") or {}) if artifact else {})
+
+
 def _data_name(ingest: Artifact | None) -> str:
-    config = ingest.manifest.get("config", {}) if ingest else {}
+    config = _config(ingest)
     path = config.get("path")
     return str(Path(path).name if path else config.get("source") or "unknown")
 
@@ -88,7 +93,7 @@ def render_card(name: str, version: str, upstream: Mapping[str, Artifact], base_
     """
     ingest, train, evaluation, export = (upstream.get(s) for s in ("ingest", "train", "evaluate", "export"))
     metrics = evaluation.stats if evaluation else {}
-    train_config = (train.manifest.get("config") or {}) if train else {}
+    train_config = _config(train)
     base = base_model or str(train_config.get("model", {}).get("name_or_path", "unknown"))
     head = yaml.safe_dump(front_matter(name, base, ingest, metrics), sort_keys=False, allow_unicode=True)
     sections = [
@@ -114,7 +119,7 @@ def _data_section(ingest: Artifact | None) -> str:
     types = sorted({t for c in counts.values() for t in c})
     lines = [
         "## Training data\n",
-        f"- Source: `{_data_name(ingest)}` ({ingest.manifest.get('config', {}).get('source', '?')})",
+        f"- Source: `{_data_name(ingest)}` ({_config(ingest).get('source', '?')})",
         f"- Fingerprint: `{stats.get('fingerprint', '?')}` (test split `{stats.get('test_fingerprint', '?')}`)",
         f"- Ingest artifact: `{ingest.key}`",
         "",
@@ -221,13 +226,18 @@ def publish_card(client: Any, record: Mapping[str, Any], card: str, description:
         record: The registration (`name`, `version`, `model_uri` = models:/<logged model id>).
     """
     model_uri = str(record["model_uri"])
-    with tempfile.TemporaryDirectory(prefix="ner-card-") as tmp:
-        path = Path(tmp) / CARD_FILE
-        path.write_text(card, encoding="utf-8")
-        if model_uri.startswith("models:/m-"):
+    if model_uri.startswith("models:/m-"):  # an MLflow 3 logged model: the card goes beside its MLmodel
+        with tempfile.TemporaryDirectory(prefix="ner-card-") as tmp:
+            path = Path(tmp) / CARD_FILE
+            path.write_text(card, encoding="utf-8")
             client.log_model_artifact(model_uri.removeprefix("models:/"), str(path))
-        else:  # a run-relative model (older MLflow): the card goes beside it in the run
-            client.log_artifact(record["run_id"], str(path), model_uri.rsplit("/", 1)[-1])
+    else:  # a version registered from elsewhere (another run's source): ours to describe, not to write into
+        logger.warning(
+            "%s version %s: source %s is not a logged model; the card is only its description",
+            record["name"],
+            record["version"],
+            model_uri,
+        )
     client.update_model_version(record["name"], str(record["version"]), description=description)
     logger.info("%s version %s: model card written (%d characters)", record["name"], record["version"], len(card))
 
@@ -260,15 +270,31 @@ def read_card(tracking_uri: str, ref: str) -> str:
     raise RegistryError(f"{uri}: version {version.version} has no model card (registered before cards existed)")
 
 
-def publish(
+def write_version_card(
     client: Any, record: Mapping[str, Any], upstream: Mapping[str, Artifact], base_model: str | None, summary: str
 ) -> str:
     """Render a registered version's card from its upstream artifacts and publish it (`publish_card`).
 
+    A card that cannot be rendered (an upstream record missing a field) is logged as a WARNING, not raised: the
+    version stays registered, with the short description `log_and_register` gave it.
+
     Returns:
-        The card.
+        The card ("" when none could be rendered).
     """
     name, version = str(record["name"]), str(record["version"])
-    card = render_card(name, version, upstream, base_model)
-    publish_card(client, record, card, short_card(name, version, upstream, summary))
+    try:
+        card = render_card(name, version, upstream, base_model)
+        short = short_card(name, version, upstream, summary)
+    except (
+        AttributeError,
+        KeyError,
+        TypeError,
+        ValueError,
+        OSError,
+    ) as exc:  # an odd record must not undo a registration
+        logger.warning(
+            "%s version %s: no model card written, its upstream records are incomplete: %r", name, version, exc
+        )
+        return ""
+    publish_card(client, record, card, short)
     return card

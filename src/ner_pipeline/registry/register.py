@@ -23,7 +23,7 @@ from typing import Any
 
 from ner_pipeline.artifacts import Artifact, ArtifactStore, artifact_key, write_json_atomic
 from ner_pipeline.config import RegistryConfig
-from ner_pipeline.registry import card
+from ner_pipeline.registry.card import write_version_card
 from ner_pipeline.registry.client import canonical_uri, client_for
 from ner_pipeline.registry.pyfunc import PACKAGE_DIR, make_pyfunc_model, pip_requirements, pyfunc_signature
 from ner_pipeline.registry.tags import ARTIFACT_TAG, CHALLENGER, version_tags
@@ -220,7 +220,7 @@ def run_register(
             onnx_dir=export.path if export is not None else None,
         )
         summary = describe(evaluation.stats, tags)
-        card.publish(client_for(tracking_uri), record, upstream, tags.get("model.base"), summary)
+        write_version_card(client_for(tracking_uri), record, upstream, tags.get("model.base"), summary)
         write_json_atomic(folder / "registration.json", record)
         return record
 
