@@ -29,11 +29,12 @@ ABSENT = "absent"
 
 # Modules (relative to ner_pipeline) whose code decides each stage's output.
 STAGE_CODE: dict[str, tuple[str, ...]] = {
-    "ingest": ("ingest", "readers", "sources", "spans"),
+    "ingest": ("ingest", "readers", "schemes", "sources", "spans"),
     "tokenize": ("tokenize", "preprocessing"),
     # entity_scores picks the best checkpoint (validation F1); the collator and window merging used in training
     # live in preprocessing, covered through the tokenize key
-    "train": ("train", "checkpoints", "evaluate:entity_scores"),
+    # callbacks decide when training stops (early stopping, divergence)
+    "train": ("train", "scoring", "callbacks", "checkpoints", "evaluate:entity_scores"),
     "evaluate": ("evaluate", "predict", "backends", "report", "plots"),
     # the parity check runs the predictors and entity_scores, and decides which variants are accepted
     "export": ("export", "predict", "backends", "evaluate:entity_scores"),

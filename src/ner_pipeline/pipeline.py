@@ -28,6 +28,7 @@ class RunContext:
 
 Keyer = Callable[[PipelineConfig, Mapping[str, Artifact], RunContext], str]
 Runner = Callable[[PipelineConfig, Mapping[str, Artifact], ArtifactStore, RunContext], Artifact]
+Checker = Callable[[PipelineConfig, Artifact], None]
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,9 @@ class StageSpec:
     upstream: tuple[str, ...]
     key: Keyer
     run: Runner
+    # Holds an artifact, however it was obtained (built, looked up, or served from Prefect's cache), to config
+    # that its key leaves out (ingest: data.scheme); raises the error building it would have raised.
+    check: Checker | None = None
 
 
 def _ingest_spec() -> StageSpec:
@@ -48,6 +52,7 @@ def _ingest_spec() -> StageSpec:
         (),
         key=lambda cfg, up, ctx: ingest.ingest_key(cfg.data),
         run=lambda cfg, up, store, ctx: ingest.run_ingest(cfg.data, store),
+        check=lambda cfg, artifact: ingest.check_scheme(cfg.data, artifact),
     )
 
 
@@ -255,6 +260,8 @@ def walk(
     for name in plan(config, selected):
         upstream = {u: summary.stages[u] for u in spec(name).upstream if u in summary.stages}
         artifact = (build if name in selected else lookup)(name, config, upstream, ctx)
+        if (check := spec(name).check) is not None:
+            check(config, artifact)
         if name in selected and not artifact.cached:
             summary.computed.append(name)
         logger.info("%s: %s %s", name, "computed" if name in summary.computed else "cache hit", artifact.path)
