@@ -50,6 +50,7 @@ NOT_DECIDING: dict[str, str] = {
     "modelref": "resolves a model reference; the resolved files' hashes are in the keys",
     "plots": "training curves are pictures beside the model (evaluate declares it for its figures)",
     "registry.client": "how the registry is reached, not what is registered",
+    "registry.card": "the model card is written to the registry beside the version, not into the register artifact",
 }
 
 # Distributions whose versions decide each stage's output (upstream ones are covered by the cascade).

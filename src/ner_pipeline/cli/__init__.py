@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from ner_pipeline.cli import cache, models, serving, sweep, training
+from ner_pipeline.cli import batch, cache, models, serving, sweep, training
 from ner_pipeline.cli.common import (
     DEFAULT_CONFIG,
     ConfigOpt,
@@ -30,7 +30,7 @@ app = typer.Typer(
     help="Train, evaluate, register, export and serve NER models.", no_args_is_help=True, add_completion=False
 )
 config_app = typer.Typer(help="Show the resolved config.", no_args_is_help=True)
-for commands in (training.app, models.app, serving.app, sweep.app):
+for commands in (training.app, models.app, serving.app, sweep.app, batch.app):
     app.add_typer(commands)
 app.add_typer(cache.app, name="artifacts")
 app.add_typer(config_app, name="config")

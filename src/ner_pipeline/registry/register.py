@@ -24,6 +24,7 @@ from typing import Any
 
 from ner_pipeline.artifacts import Artifact, ArtifactStore, artifact_key, write_json_atomic
 from ner_pipeline.config import RegistryConfig
+from ner_pipeline.registry.card import write_version_card
 from ner_pipeline.registry.client import canonical_uri, client_for
 from ner_pipeline.registry.pyfunc import (
     PACKAGE_DIR,
@@ -237,6 +238,8 @@ def run_register(
             description=describe(evaluation.stats, tags),
             onnx_dir=export.path if export is not None else None,
         )
+        summary = describe(evaluation.stats, tags)
+        write_version_card(client_for(tracking_uri), record, upstream, tags.get("model.base"), summary)
         write_json_atomic(folder / "registration.json", record)
         return record
 
