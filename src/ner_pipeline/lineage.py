@@ -35,9 +35,9 @@ STAGE_CODE: dict[str, tuple[str, ...]] = {
     # live in preprocessing, covered through the tokenize key
     # callbacks decide when training stops (early stopping, divergence)
     "train": ("train", "scoring", "callbacks", "checkpoints", "evaluate:entity_scores"),
-    "evaluate": ("evaluate", "predict", "backends", "report", "plots"),
+    "evaluate": ("evaluate", "predict", "backends", "decoding", "words", "report", "plots"),
     # the parity check runs the predictors and entity_scores, and decides which variants are accepted
-    "export": ("export", "predict", "backends", "evaluate:entity_scores"),
+    "export": ("export", "predict", "backends", "decoding", "words", "evaluate:entity_scores"),
     "register": ("registry.register", "registry.tags", "registry.pyfunc"),
 }
 
