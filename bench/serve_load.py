@@ -14,7 +14,6 @@ import asyncio
 import logging
 import os
 import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,14 +30,9 @@ from report import ROOT, machine, markdown_table, update_doc, write_results
 from train_conll import conll_artifacts
 
 from ner_pipeline.ingest import load_splits
+from ner_pipeline.ports import free_port
 
 PYTHON = sys.executable
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start(cmd: list[str], port: int, log: Path) -> subprocess.Popen:

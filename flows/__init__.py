@@ -1,1 +1,1 @@
-"""Prefect flows that chain the stage tasks."""
+"""Prefect flows that chain the stage tasks (installed as `ner_pipeline_flows`)."""

@@ -8,6 +8,7 @@ artifact it names is complete on disk, and a pruned artifact is rebuilt rather t
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from prefect import Task, task
@@ -17,7 +18,7 @@ from prefect.states import State
 from ner_pipeline import pipeline
 from ner_pipeline.artifacts import Artifact, ArtifactStore
 from ner_pipeline.config import PipelineConfig
-from ner_pipeline.errors import NerPipelineError
+from ner_pipeline.transient import is_transient
 
 # Stages that read from the network or a shared store can fail for passing reasons; retry those only.
 RETRIES = {"ingest": 2, "register": 3}
@@ -27,6 +28,8 @@ def artifact_cache_key(stage: str) -> Callable[[Any, dict[str, Any]], str | None
     """Build a Prefect `cache_key_fn` that returns the stage's artifact key when that artifact is on disk."""
 
     def cache_key(context: Any, parameters: dict[str, Any]) -> str | None:
+        if stage == "register":
+            return None  # a registration is reused only after the registry confirms it (run_register asks it)
         config: PipelineConfig = parameters["config"]
         key = pipeline.stage_key(stage, config, parameters["upstream"], parameters["ctx"])
         if ArtifactStore(config.artifacts_root).get(stage, key) is None:
@@ -40,10 +43,8 @@ def retry_unless_user_error(task: Task[..., Any], task_run: TaskRun, state: Stat
     """Retry passing failures (network, locks); a bad config or bad data fails at once."""
     try:
         state.result()
-    except NerPipelineError as exc:
-        return exc.transient
-    except Exception:
-        return True
+    except Exception as exc:
+        return is_transient(exc)
     return False
 
 
@@ -74,3 +75,12 @@ def lookup_task(
 
 
 STAGE_TASKS = {name: stage_task(name) for name in pipeline.STAGES}
+
+
+def build_stage(
+    stage: str, config: PipelineConfig, upstream: Mapping[str, Artifact], ctx: pipeline.RunContext
+) -> Artifact:
+    """Run a stage's task (the flow's `build` step); a result Prefect served from its cache counts as a cache hit."""
+    state = STAGE_TASKS[stage](config, upstream, ctx, return_state=True)
+    artifact: Artifact = state.result()
+    return replace(artifact, cached=True) if state.name == "Cached" else artifact

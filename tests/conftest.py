@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from ner_pipeline.ports import free_port as free_port  # tests import it from here, beside wait_for_port
+
 # Set before transformers/datasets are imported by any test module: nothing may reach the Hub at run time.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -107,7 +109,7 @@ def write_tiny_config(folder: Path, base_model: Path, **sections: dict) -> Path:
             "tracking_uri": f"sqlite:///{folder}/mlflow.db",
             "artifact_location": str(folder / "mlartifacts"),
         },
-        "registry": {"model_name": "ner-tiny"},
+        "registry": {"model_name": "ner-tiny", "min_first_metric": 0.0},  # a tiny random model scores about 0
         "export": {"parity_sentences": 20},
     }
     for section, delta in sections.items():
@@ -170,13 +172,6 @@ def person_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def location_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return biased_model(tmp_path_factory.mktemp("loc"), "B-LOC")
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on now, on loopback."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_for_port(port: int, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:

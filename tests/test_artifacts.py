@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from ner_pipeline import registry
 from ner_pipeline.artifacts import MANIFEST, ArtifactStore, artifact_key
 from ner_pipeline.config import TrainConfig
 from ner_pipeline.errors import ArtifactError
@@ -169,6 +170,7 @@ def test_cli_lists_and_prunes_the_cache(tmp_path: Path):
     ]
     listed = CliRunner().invoke(app, ["artifacts", "list", *common])
     assert listed.exit_code == 0 and "old" in listed.output and "new" in listed.output
+    registry.client_for(f"sqlite:///{tmp_path}/m.db")  # prune refuses a registry store that does not exist
     pruned = CliRunner().invoke(app, ["artifacts", "prune", "--keep-last", "1", *common])
     assert pruned.exit_code == 0, pruned.output
     assert "removed ingest/old" in pruned.output

@@ -111,7 +111,11 @@ def test_deployed_flow_runs_through_a_worker_and_a_second_run_is_served_from_cac
 
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
-    assert len(runs) == 1 and runs[0].data.metrics["test_f1"] >= 0
+    assert len(runs) == 1
+    # The worker's run logged what this deployment's evaluate artifact measured, and names that artifact.
+    evaluated = json.loads(built["evaluate"].read_text())
+    assert runs[0].data.tags["artifact.evaluate"] == evaluated["key"]
+    assert runs[0].data.metrics["test_f1"] == pytest.approx(evaluated["stats"]["test_f1"])
 
     assert trigger_and_work(env, project, overrides) == "Completed"
     assert {p.parent.parent.name: p.stat().st_mtime for p in artifacts.glob("*/*/manifest.json")} == mtimes

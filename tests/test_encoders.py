@@ -19,7 +19,7 @@ from ner_pipeline.artifacts import Artifact, ArtifactStore
 from ner_pipeline.config import load_config
 from ner_pipeline.pipeline import run_pipeline
 from ner_pipeline.predict import PARITY_FILE, Predictor
-from ner_pipeline.tokenize import Preprocessing, subwords_per_word
+from ner_pipeline.preprocessing import Preprocessing, subwords_per_word
 
 pytestmark = pytest.mark.slow
 

@@ -23,7 +23,7 @@ def harness():
 
 
 def run_flow(config: Path, **kwargs):
-    from flows.training import training_flow
+    from ner_pipeline_flows.training import training_flow
 
     return training_flow(config_path=str(config), **kwargs)
 

@@ -1,4 +1,4 @@
-"""Ingest: CoNLL/JSONL readers, IOB normalisation, sources, clear errors, caching and the CoNLL-2003 counts."""
+"""Ingest and its readers: CoNLL/JSONL, IOB normalisation, sources, clear errors, caching and the CoNLL-2003 counts."""
 
 from __future__ import annotations
 
@@ -16,14 +16,13 @@ from ner_pipeline.ingest import (
     fingerprint,
     ingest_key,
     load_splits,
-    read_conll,
     read_evaluation_data,
-    read_jsonl,
     read_labels,
     read_single_file,
     run_ingest,
     stats_table,
 )
+from ner_pipeline.readers import read_conll, read_jsonl
 
 FIXTURE = Path(__file__).parent / "data" / "conll_iob1"
 CONLL_LABELS = ["O", "B-LOC", "I-LOC", "B-MISC", "I-MISC", "B-ORG", "I-ORG", "B-PER", "I-PER"]

@@ -14,7 +14,7 @@ from conftest import TINY_LABELS, build_tiny_model
 from ner_pipeline.config import TokenizeConfig
 from ner_pipeline.errors import ModelError, PredictError
 from ner_pipeline.predict import Predictor
-from ner_pipeline.tokenize import encode_words, load_tokenizer, make_preprocessing
+from ner_pipeline.tokenize import load_tokenizer, make_preprocessing
 
 # Common English words, one WordPiece each in the MiniLM vocabulary, so word and subword positions coincide.
 WORDS = ["the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "to", "house", "with", "big", "red", "door"]
@@ -64,7 +64,7 @@ def test_the_words_are_single_subwords_as_the_window_tests_assume(tagger: Predic
 
 def test_a_sentence_longer_than_max_length_gets_exactly_one_label_per_word(tagger: Predictor):
     words = sentence(200)
-    assert len(encode_words(words, tagger.tokenizer, tagger.prep)) > 10
+    assert len(tagger.encoder.encode(words)) > 10
     labels, scores = tagger.predict_words_with_scores([words, ["door"]])
     assert [len(s) for s in labels] == [200, 1] and [len(s) for s in scores] == [200, 1]
     assert set(labels[0]) <= set(TINY_LABELS)
@@ -75,7 +75,7 @@ def test_a_sentence_longer_than_max_length_gets_exactly_one_label_per_word(tagge
 def test_every_interior_word_is_read_from_a_window_where_it_has_context_on_both_sides(tagger: Predictor):
     edges = Predictor(EdgeDistanceBackend(), tagger.tokenizer, tagger.prep)
     words = sentence(40)
-    assert len(encode_words(words, tagger.tokenizer, tagger.prep)) >= 3
+    assert len(tagger.encoder.encode(words)) >= 3
     [labels] = edges.predict_words([words])
     # Only the sentence's own first and last words sit at a window edge in every window that holds them.
     assert labels[0] == "O" and labels[-1] == "O"
@@ -144,14 +144,6 @@ def test_a_base_model_without_id2label_is_refused(tmp_path: Path):
     folder = build_tiny_model(tmp_path / "base", labels=None)
     _save_preprocessing(folder, TINY_LABELS)
     with pytest.raises(ModelError, match="no id2label"):
-        Predictor.load(folder)
-
-
-def test_a_model_folder_without_preprocessing_json_is_refused(tmp_path: Path, short_window_model: Path):
-    folder = tmp_path / "model"
-    shutil.copytree(short_window_model, folder)
-    (folder / "preprocessing.json").unlink()
-    with pytest.raises(ModelError, match=r"no preprocessing\.json"):
         Predictor.load(folder)
 
 

@@ -217,17 +217,20 @@ def test_a_challenger_without_stored_predictions_is_refused_with_the_way_out(uri
     assert forced.accepted and forced.forced and aliases(uri)["production"] == bare
 
 
-@pytest.mark.parametrize(("keep", "promoted"), [(0.0, False), (0.02, False), (0.1, True)])
-def test_a_first_version_becomes_production_only_above_min_first_metric(
-    uri: str, tmp_path: Path, keep: float, promoted: bool
+@pytest.mark.parametrize(
+    ("keep", "threshold", "promoted"), [(0.0, 0.05, False), (0.02, 0.05, False), (0.1, 0.05, True), (0.0, 0.0, True)]
+)
+def test_a_first_version_becomes_production_only_from_min_first_metric_on(
+    uri: str, tmp_path: Path, keep: float, threshold: float, promoted: bool
 ):
-    # keep 0.02: F1 0.039 (recall 2 %, precision 1): below the default 0.05; keep 0.1: F1 0.18.
+    # keep 0.02: F1 0.039 (recall 2 %, precision 1), below the default 0.05; keep 0.1: F1 0.18; a threshold of 0
+    # turns the check off.
     version = add_version(uri, rows_for({"PER": keep, "LOC": keep}), tmp_path)
-    decision = registry.promote(uri, CFG, NAME, version)
+    decision = registry.promote(uri, CFG.model_copy(update={"min_first_metric": threshold}), NAME, version)
     assert decision.accepted is promoted
     assert ("production" in aliases(uri)) is promoted
     if not promoted:
-        assert "is not above registry.min_first_metric 0.05" in decision.reason
+        assert "is below registry.min_first_metric 0.05" in decision.reason
 
 
 def test_promoting_the_production_version_again_is_a_no_op(uri: str, tmp_path: Path):

@@ -15,7 +15,7 @@ from conftest import TINY_LABELS, free_port
 from fastapi.testclient import TestClient
 
 from ner_pipeline.config import RegistryConfig, ServeConfig
-from ner_pipeline.predict import Predictor
+from ner_pipeline.predict import Predictor, split_words
 from ner_pipeline.serve import ModelHandle, create_app, load_handle
 
 SAMPLE = ["Angela Merkel met Emmanuel Macron in Paris .", "Nothing here", "São Paulo 🎉 Zoë"]
@@ -102,6 +102,38 @@ def test_concurrent_requests_are_batched_into_fewer_forward_passes(person_model:
         for t in threads:
             t.join()
         assert app.state.service.batcher.batches < 12
+
+
+def test_concurrent_requests_each_get_the_entities_of_their_own_texts(person_model: Path):
+    """Requests batched into one forward pass are answered with their own texts' entities, in their own order."""
+    app = create_app(
+        ServeConfig(batch_wait_ms=50, max_batch_size=64), loader=lambda: load_handle(str(person_model), "torch", None)
+    )
+    # Different word counts and lengths per request (and two texts in some), so any mix-up shifts offsets.
+    requests = [
+        [" ".join(f"caller{i}word{k}" for k in range(1 + i % 4)), *(["  Zoë " + "x" * i] if i % 3 == 0 else [])]
+        for i in range(12)
+    ]
+    answers: dict[int, dict] = {}
+    with TestClient(app) as client:
+
+        def call(i: int) -> None:
+            answers[i] = client.post("/predict", json={"texts": requests[i]}).json()
+
+        threads = [threading.Thread(target=call, args=(i,)) for i in range(len(requests))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert app.state.service.batcher.batches < len(requests)
+    predictor = Predictor.load(person_model)
+    for i, texts in enumerate(requests):
+        entities = answers[i]["entities"]
+        assert len(entities) == len(texts)
+        for text, found in zip(texts, entities, strict=True):
+            assert [text[e["start"] : e["end"]] for e in found] == [e["text"] for e in found]
+            assert [e["text"] for e in found] == [word for word, _, _ in split_words(text)]  # every word is a PER
+            assert found == [e.model_dump() for e in predictor.predict(text)[0]]
 
 
 def test_demo_page_is_served(client: TestClient):
@@ -203,7 +235,8 @@ def test_live_service_serves_production_and_picks_up_a_promotion_without_failing
     for w in workers:
         w.start()
     time.sleep(1.0)
-    decision = registry.promote(uri, RegistryConfig(model_name="ner-serve"), "ner-serve", "2")
+    # Forced: these versions carry no test predictions for the gate, and the swap under load is what is tested.
+    decision = registry.promote(uri, RegistryConfig(model_name="ner-serve"), "ner-serve", "2", True, "swap test")
     assert decision.accepted
     reloaded = httpx.post(f"{base}/admin/reload", headers=key, timeout=120)
     assert reloaded.status_code == 200 and reloaded.json()["version"] == "2"

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from ner_pipeline.spans import Span, entity_types, extract_spans, label_list, split_tag, to_iob2
+from ner_pipeline.errors import DataError
+from ner_pipeline.spans import (
+    Span,
+    check_tag,
+    entity_type,
+    entity_types,
+    extract_spans,
+    label_list,
+    split_tag,
+    to_iob2,
+)
 
 
 def test_iob1_runs_become_b_then_i():
@@ -81,3 +91,21 @@ def test_i_of_another_type_ends_the_current_entity():
 def test_to_iob2_rejects_bad_tags():
     with pytest.raises(ValueError, match="tag 'E-PER' is not O"):
         to_iob2(["B-PER", "E-PER"])
+
+
+@pytest.mark.parametrize("bad", ["X-PER", "B-", None, 3])
+def test_check_tag_names_where_the_bad_tag_is(bad: object):
+    check_tag("I-geo-loc", "a.txt line 1")  # a good tag passes
+    with pytest.raises(DataError, match=r"^a\.txt line 2: tag .* is not O, B-<type> or I-<type>$"):
+        check_tag(bad, "a.txt line 2")
+
+
+def test_entity_type_merges_b_and_i_and_keeps_o():
+    assert [entity_type(t) for t in ("B-PER", "I-PER", "O", "B-geo-loc")] == ["PER", "PER", "O", "geo-loc"]
+
+
+def test_extract_spans_reads_entities_as_seqeval_scores_them():
+    from seqeval.metrics.sequence_labeling import get_entities
+
+    tags = ["I-LOC", "I-PER", "O", "B-ORG", "I-ORG", "I-ORG", "B-ORG", "I-MISC", "O", "I-MISC"]
+    assert [(s.label, s.start, s.end - 1) for s in extract_spans(tags)] == get_entities(tags)

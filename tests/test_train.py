@@ -12,12 +12,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from conftest import PACKAGED_MODEL, REPO_ROOT, free_port
 
 from ner_pipeline.artifacts import Artifact, ArtifactStore
+from ner_pipeline.checkpoints import last_checkpoint
 from ner_pipeline.config import DataConfig, ModelConfig, PipelineConfig, TokenizeConfig, TrainConfig
 from ner_pipeline.ingest import run_ingest
 from ner_pipeline.tokenize import Preprocessing, load_tokenized, run_tokenize
@@ -25,11 +27,11 @@ from ner_pipeline.train import (
     MODEL_INPUTS,
     WordScorer,
     history_from_log,
-    last_checkpoint,
     read_history,
     run_train,
     subsample,
     train_key,
+    training_stats,
 )
 
 # Runs ingest → tokenize → train for a PipelineConfig given as JSON; used in a child process and under torchrun.
@@ -140,6 +142,52 @@ def test_resume_point_skips_a_checkpoint_cut_short_by_a_kill(tmp_path: Path):
     for step in (5, 10):  # checkpoint-15 died before the Trainer wrote its state, which it writes last
         (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
     assert last_checkpoint(tmp_path) == (str(tmp_path / "checkpoint-10"), 10)
+
+
+def resumed_trainer(log_history: list[dict], tokens_seen: int) -> SimpleNamespace:
+    """What `training_stats` reads of a Trainer: its real `TrainerState`, the training rows and the world size."""
+    from transformers import TrainerState
+
+    state = TrainerState(epoch=2 / 3, global_step=20, num_input_tokens_seen=tokens_seen, log_history=log_history)
+    return SimpleNamespace(state=state, train_dataset=list(range(7)), args=SimpleNamespace(world_size=2))
+
+
+def test_training_stats_count_only_this_run_after_resuming_and_leave_out_validation_time():
+    # Resumed at step 10 with 4,000 tokens already seen; this run went on to step 20 in 24 s, 4 s of which were the
+    # two validation passes after step 10 (1.5 + 2.5). The passes at steps 5 and 10 ran before the resume, and an
+    # entry without a step is not a pass of this run.
+    log = [
+        {"loss": 2.0, "step": 5},
+        {"eval_loss": 1.0, "eval_runtime": 3.0, "step": 5},
+        {"eval_loss": 0.9, "eval_runtime": 2.0, "step": 10},
+        {"loss": 1.0, "step": 15},
+        {"eval_loss": 0.8, "eval_runtime": 1.5, "step": 15},
+        {"eval_loss": 0.7, "eval_runtime": 2.5, "step": 20},
+        {"eval_runtime": 9.0},
+        {"train_runtime": 24.0, "step": 20},
+    ]
+    history = [{"eval_f1": 0.3}, {"eval_f1": None}, {"eval_f1": 0.5}]
+    stats = training_stats(resumed_trainer(log, tokens_seen=10_000), {"train_runtime": 24.0}, history, 10, 4_000)
+    # (10,000 - 4,000) tokens / (24 - 4) s = 300 tokens/s; counting the earlier tokens would give 500, the
+    # validation time 250, the passes before the resume 1,000.
+    assert stats == {
+        "best_eval_f1": 0.5,
+        "epochs_run": 0.667,
+        "global_step": 20,
+        "train_runtime_s": 24.0,
+        "train_tokens_per_s": 300.0,
+        "train_tokens": 6_000,
+        "eval_runtime_s": 4.0,
+        "resumed_from_step": 10,
+        "n_train_windows": 7,
+        "world_size": 2,
+    }
+
+
+def test_training_stats_without_a_runtime_or_evaluations_report_no_throughput():
+    stats = training_stats(resumed_trainer([], tokens_seen=500), {}, [], 0, 0)
+    assert stats["train_tokens_per_s"] is None and stats["best_eval_f1"] is None
+    assert stats["train_tokens"] == 500 and stats["eval_runtime_s"] == 0.0
 
 
 def test_training_subsample_keeps_whole_sentences_and_is_seeded():

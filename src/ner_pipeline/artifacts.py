@@ -154,11 +154,6 @@ class ArtifactStore:
             )
         return artifact
 
-    def latest(self, stage: str) -> Artifact | None:
-        """Return the most recently created artifact of a stage, if any."""
-        found = [a for a in self.list() if a.stage == stage]
-        return max(found, key=lambda a: a.created) if found else None
-
     def work_dir(self, stage: str, key: str) -> Path:
         """A persistent scratch folder for a resumable build (e.g. training checkpoints).
 
@@ -222,33 +217,69 @@ class ArtifactStore:
             if existing is not None:  # another process finished it while we waited
                 logger.info("%s: built concurrently by another run, reusing %s", stage, existing.path)
                 return existing
-            for stale in (self.root / stage).glob(f".tmp-{key}-*"):
-                logger.info("%s: removing an interrupted build %s", stage, stale)
-                shutil.rmtree(stale, ignore_errors=True)
-            logger.info("%s: cache miss %s, building", stage, key)
-            tmp = self.root / stage / f".tmp-{key}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-            tmp.mkdir(parents=True)
-            started = time.monotonic()
-            try:
-                stats = dict(producer(tmp))
-                manifest = {
-                    "stage": stage,
-                    "key": key,
-                    "created": datetime.now(UTC).isoformat(timespec="microseconds"),
-                    "inputs": dict(inputs or {}),
-                    "config": _canonical(config),
-                    "stats": stats,
-                    "duration_s": round(time.monotonic() - started, 3),
-                    "package_version": __version__,
-                }
-                write_json_atomic(tmp / MANIFEST, manifest)
-                os.rename(tmp, self.path(stage, key))
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
+            manifest = self._write(stage, key, producer, inputs, config)
             shutil.rmtree(self.root / stage / f".work-{key}", ignore_errors=True)
         logger.info("%s: wrote %s", stage, self.path(stage, key))
         return Artifact(stage=stage, key=key, path=self.path(stage, key), manifest=manifest, cached=False)
+
+    def _write(
+        self,
+        stage: str,
+        key: str,
+        producer: Callable[[Path], Mapping[str, Any]],
+        inputs: Mapping[str, str] | None,
+        config: Any,
+    ) -> dict[str, Any]:
+        """Build into a fresh temporary folder and rename it into place with its manifest; return the manifest.
+
+        The caller holds the key's build lock, so temporary folders of this key are leftovers of killed builds.
+        """
+        for stale in (self.root / stage).glob(f".tmp-{key}-*"):
+            logger.info("%s: removing an interrupted build %s", stage, stale)
+            shutil.rmtree(stale, ignore_errors=True)
+        logger.info("%s: cache miss %s, building", stage, key)
+        tmp = self.root / stage / f".tmp-{key}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir(parents=True)
+        started = time.monotonic()
+        try:
+            stats = dict(producer(tmp))
+            manifest = {
+                "stage": stage,
+                "key": key,
+                "created": datetime.now(UTC).isoformat(timespec="microseconds"),
+                "inputs": dict(inputs or {}),
+                "config": _canonical(config),
+                "stats": stats,
+                "duration_s": round(time.monotonic() - started, 3),
+                "package_version": __version__,
+            }
+            write_json_atomic(tmp / MANIFEST, manifest)
+            os.rename(tmp, self.path(stage, key))
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return manifest
+
+    def discard(self, artifact: Artifact) -> bool:
+        """Remove an artifact whose record no longer holds (e.g. a registration the registry lost), so the next
+        `build` of its key makes a new one.
+
+        Only that very artifact goes: under the key's build lock, and only when the folder still holds the record
+        read (same `created`), so a fresh one written meanwhile by another run stays. It is moved aside in one
+        rename, so readers see the whole artifact or none.
+
+        Returns:
+            Whether it was removed.
+        """
+        with self._lock(artifact.stage, artifact.key):
+            current = self.get(artifact.stage, artifact.key)
+            if current is None or current.created != artifact.created:
+                return False
+            trash = current.path.with_name(f".trash-{artifact.key}-{uuid.uuid4().hex[:8]}")
+            os.rename(current.path, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+        logger.info("%s: discarded %s", artifact.stage, artifact.key)
+        return True
 
     def list(self) -> list[Artifact]:
         """All complete artifacts, oldest first."""

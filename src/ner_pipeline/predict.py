@@ -5,8 +5,8 @@ Raw text is split into words with exact character offsets, encoded with the mode
 carry label, surface text, start/end offsets into the original string, and a score. Pre-split words give one
 label per word (what evaluation uses): `Predictor.predict_words` and `Predictor.predict_words_with_scores`.
 
-Backends only map padded token ids to logits (`Backend`); windowing, batching and merging live in `Predictor`, so
-every backend sees exactly the same inputs.
+Backends (`ner_pipeline.backends`) only map padded token ids to logits; windowing, batching and merging live in
+`Predictor`, so every backend sees exactly the same inputs.
 """
 
 from __future__ import annotations
@@ -14,18 +14,19 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import numpy as np
 import regex
 from pydantic import BaseModel
 
+from ner_pipeline.backends import Backend, OnnxBackend, TorchBackend
 from ner_pipeline.errors import ModelError, PredictError
+from ner_pipeline.preprocessing import Preprocessing, Window, WordEncoder, load_tokenizer, merge_windows
 from ner_pipeline.spans import extract_spans
-from ner_pipeline.tokenize import Preprocessing, Window, encode_words, merge_windows, subwords_per_word
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +47,19 @@ PLACEHOLDER_LABEL = re.compile(r"LABEL_\d+")
 Context = tuple[Sequence[str], Sequence[str]]
 
 
+def read_parity(folder: Path | None) -> dict[str, Any] | None:
+    """The export's parity record in `folder`; None without one (no export folder, or an export made by hand)."""
+    record = folder / PARITY_FILE if folder is not None else None
+    if record is None or not record.is_file():
+        return None
+    return json.loads(record.read_text(encoding="utf-8"))
+
+
+def accepted_variants(report: Mapping[str, Any]) -> dict[str, str]:
+    """The variants a parity record accepted, each with its ONNX file: {"onnx-int8": "model_quantized.onnx", ...}."""
+    return {name: row.get("file") for name, row in report.items() if isinstance(row, dict) and row.get("accepted")}
+
+
 def onnx_file(folder: Path, backend: str) -> Path:
     """The ONNX file to load for `backend`: the best one present that the export's parity check accepted.
 
@@ -55,11 +69,10 @@ def onnx_file(folder: Path, backend: str) -> Path:
     present = [folder / name for name in ONNX_FILES[backend] if (folder / name).is_file()]
     if not present:
         return folder / ONNX_FILES[backend][-1]  # OnnxBackend names the missing file
-    record = folder / PARITY_FILE
-    if not record.is_file():
+    report = read_parity(folder)
+    if report is None:
         return present[0]
-    report = json.loads(record.read_text(encoding="utf-8"))
-    accepted = {row.get("file") for row in report.values() if isinstance(row, dict) and row.get("accepted")}
+    accepted = set(accepted_variants(report).values())
     chosen = next((path for path in present if path.name in accepted), None)
     if chosen is None:
         logger.warning(
@@ -79,61 +92,20 @@ class Entity(BaseModel):
     score: float
 
 
-class Backend(Protocol):
-    """Anything that maps padded token ids to logits."""
-
-    name: str
-
-    def logits(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray: ...
-
-
-class TorchBackend:
-    """PyTorch inference with the fine-tuned `AutoModelForTokenClassification`."""
-
-    name = "torch"
-
-    def __init__(self, model_dir: Path, threads: int | None = None) -> None:
-        import torch
-        from transformers import AutoModelForTokenClassification
-
-        if threads:
-            torch.set_num_threads(threads)
-        self.model = AutoModelForTokenClassification.from_pretrained(str(model_dir)).eval()
-
-    def logits(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        import torch
-
-        with torch.inference_mode():
-            out = self.model(input_ids=torch.from_numpy(input_ids), attention_mask=torch.from_numpy(attention_mask))
-        return out.logits.float().numpy()
-
-
-class OnnxBackend:
-    """ONNX Runtime inference on an exported graph (fp32, optimized or int8)."""
-
-    def __init__(self, path: Path, name: str = "onnx", threads: int | None = None) -> None:
-        import onnxruntime as ort
-
-        if not path.is_file():
-            raise ModelError(f"{path}: ONNX model not found; run the export stage (ner-pipeline run --only export)")
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        self.inputs = {i.name for i in self.session.get_inputs()}
-        self.name = name
-
-    def logits(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        feed = {"input_ids": input_ids, "attention_mask": attention_mask}
-        if "token_type_ids" in self.inputs:
-            feed["token_type_ids"] = np.zeros_like(input_ids)
-        return self.session.run(["logits"], feed)[0]
-
-
 def softmax(x: np.ndarray) -> np.ndarray:
     shifted = np.exp(x - x.max(axis=-1, keepdims=True))
     return shifted / shifted.sum(axis=-1, keepdims=True)
+
+
+def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids padded to the longest sequence with `pad_id`, and the attention mask that hides the padding."""
+    width = max(len(s) for s in sequences)
+    ids = np.full((len(sequences), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(sequences), width), dtype=np.int64)
+    for row, sequence in enumerate(sequences):
+        ids[row, : len(sequence)] = sequence
+        mask[row, : len(sequence)] = 1
+    return ids, mask
 
 
 def split_words(text: str) -> list[tuple[str, int, int]]:
@@ -159,12 +131,16 @@ class Predictor:
         max_batch_tokens: int | None = None,
     ) -> None:
         self.backend = backend
-        self.tokenizer = tokenizer
+        self.encoder = WordEncoder(tokenizer, prep)
         self.prep = prep
         self.labels = prep.labels
         self.batch_size = batch_size
         self.max_batch_tokens = max_batch_tokens or BATCH_TOKENS.get(backend.name, 256)
         self.pad_id = tokenizer.pad_token_id or 0
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.encoder.tokenizer
 
     @classmethod
     def load(
@@ -180,7 +156,7 @@ class Predictor:
         Raises:
             ModelError: the folder lacks labels or preprocessing.json, or the ONNX file is missing.
         """
-        from transformers import AutoConfig, AutoTokenizer
+        from transformers import AutoConfig
 
         model_dir = Path(model_dir)
         if not (model_dir / "config.json").is_file():
@@ -195,8 +171,7 @@ class Predictor:
             )
         if names != prep.labels:
             raise ModelError(f"{model_dir}: config.json labels {names} differ from preprocessing.json {prep.labels}")
-        extra = {"add_prefix_space": True} if prep.add_prefix_space else {}
-        tokenizer = AutoTokenizer.from_pretrained(str(model_dir), use_fast=True, **extra)
+        tokenizer = load_tokenizer(str(model_dir))  # the encoder gives it the prefix space the contract asks for
         engine: Backend
         if backend == "torch":
             engine = TorchBackend(model_dir, threads)
@@ -275,19 +250,15 @@ class Predictor:
     def _windows(self, sentences: Sequence[Sequence[str]], contexts: Sequence[Context] | None) -> list[_Job]:
         """Every sentence's windows, tokenized in a few batch calls (one per tokenizer call is much slower)."""
         present = [i for i, words in enumerate(sentences) if words]
-        pieces = dict(
-            zip(present, subwords_per_word(self.tokenizer, [list(sentences[i]) for i in present]), strict=True)
-        )
+        pieces = dict(zip(present, self.encoder.subwords([list(sentences[i]) for i in present]), strict=True))
         context_pieces: dict[int, tuple[list[list[int]], list[list[int]]]] = {}
         if contexts is not None:
-            lefts = subwords_per_word(self.tokenizer, [list(contexts[i][0]) for i in present])
-            rights = subwords_per_word(self.tokenizer, [list(contexts[i][1]) for i in present])
+            lefts = self.encoder.subwords([list(contexts[i][0]) for i in present])
+            rights = self.encoder.subwords([list(contexts[i][1]) for i in present])
             context_pieces = dict(zip(present, zip(lefts, rights, strict=True), strict=True))
         jobs: list[_Job] = []
         for i in present:
-            windows = encode_words(
-                sentences[i], self.tokenizer, self.prep, pieces=pieces[i], context_pieces=context_pieces.get(i)
-            )
+            windows = self.encoder.encode(sentences[i], pieces=pieces[i], context_pieces=context_pieces.get(i))
             jobs += [_Job(i, window) for window in windows]
         return jobs
 
@@ -358,12 +329,7 @@ class Predictor:
         """Probabilities per token for each sequence, batched by length to limit padding."""
         out: list[np.ndarray | None] = [None] * len(sequences)
         for batch in self._batches(sequences, batch_size):
-            width = max(len(sequences[i]) for i in batch)
-            ids = np.full((len(batch), width), self.pad_id, dtype=np.int64)
-            mask = np.zeros((len(batch), width), dtype=np.int64)
-            for row, i in enumerate(batch):
-                ids[row, : len(sequences[i])] = sequences[i]
-                mask[row, : len(sequences[i])] = 1
+            ids, mask = pad_batch([sequences[i] for i in batch], self.pad_id)
             probs = softmax(self.backend.logits(ids, mask).astype(np.float32))
             for row, i in enumerate(batch):
                 out[i] = probs[row, : len(sequences[i])]

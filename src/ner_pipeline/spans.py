@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
+
+from ner_pipeline.errors import DataError
 
 OUTSIDE = "O"
 
@@ -31,6 +34,26 @@ def split_tag(tag: str) -> tuple[str, str | None]:
     return prefix, label
 
 
+def check_tag(tag: Any, where: str) -> None:
+    """Accept `O`, `B-<type>` or `I-<type>`; anything else (a non-string too) is bad input.
+
+    Raises:
+        DataError: names `where` (file and line, or split and sentence) and the tag.
+    """
+    if isinstance(tag, str):
+        try:
+            split_tag(tag)
+            return
+        except ValueError:
+            pass
+    raise DataError(f"{where}: tag {tag!r} is not O, B-<type> or I-<type>")
+
+
+def entity_type(tag: str) -> str:
+    """`B-PER` and `I-PER` give `PER`; `O` stays `O`."""
+    return OUTSIDE if tag == OUTSIDE else str(split_tag(tag)[1])
+
+
 def to_iob2(tags: Sequence[str]) -> tuple[list[str], int]:
     """Convert IOB1 (or repair broken IOB2) tags to IOB2.
 
@@ -55,19 +78,17 @@ def to_iob2(tags: Sequence[str]) -> tuple[list[str], int]:
 
 
 def extract_spans(tags: Sequence[str]) -> list[Span]:
-    """Return the entities of an IOB2 sequence; a stray `I-X` starts a new entity, as conlleval does."""
-    spans: list[Span] = []
-    start: int | None = None
-    current: str | None = None
-    for i, tag in enumerate([*tags, OUTSIDE]):
-        prefix, label = split_tag(tag) if tag != OUTSIDE else (OUTSIDE, None)
-        continues = prefix == "I" and label == current
-        if current is not None and not continues:
-            spans.append(Span(start if start is not None else i, i, current))
-            current, start = None, None
-        if prefix == "B" or (prefix == "I" and not continues):
-            current, start = label, i
-    return spans
+    """Return the entities of an IOB2 sequence; a stray `I-X` starts a new entity, as conlleval does.
+
+    The reading is seqeval's own (`get_entities`, what its default conlleval mode scores), so span F1, the
+    bootstrap interval and the error buckets count exactly the entities behind seqeval's F1. Only the shape is
+    ours: seqeval gives (type, first, last); a `Span` ends one past the last word, so `words[start:end]` is the
+    entity, and it is hashable for set comparisons. Tags are not validated here: readers check them on input
+    (`check_tag`), and predicted tags come from the model's own label list.
+    """
+    from seqeval.metrics.sequence_labeling import get_entities  # imports scikit-learn: only when spans are read
+
+    return [Span(first, last + 1, label) for label, first, last in get_entities(list(tags))]
 
 
 def entity_types(labels: Sequence[str]) -> list[str]:

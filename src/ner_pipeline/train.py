@@ -1,9 +1,9 @@
 """Train stage: fine-tune a token classifier with the Hugging Face `Trainer`.
 
 Checkpoints go to a persistent work folder of the artifact store, so a killed run resumes from its last complete
-checkpoint when the stage runs again with the same inputs. Validation is scored at the word level (windows merged
-back into whole sentences, first subword of each word) with seqeval, and early stopping keeps the best
-checkpoint. Under `torchrun` every rank trains and only rank 0 writes the artifact.
+checkpoint when the stage runs again with the same inputs (see `checkpoints`). Validation is scored at the word
+level (windows merged back into whole sentences, first subword of each word) with seqeval, and early stopping keeps
+the best checkpoint. Under `torchrun` every rank trains and only rank 0 writes the artifact.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import warnings
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -23,8 +22,10 @@ from typing import Any
 import numpy as np
 
 from ner_pipeline.artifacts import Artifact, ArtifactStore, artifact_key, write_json_atomic
+from ner_pipeline.checkpoints import last_checkpoint, remove_incomplete_checkpoints, tokens_seen
 from ner_pipeline.config import ModelConfig, TrainConfig
 from ner_pipeline.modelref import WEIGHT_PATTERNS, model_fingerprint, resolve_model_ref
+from ner_pipeline.plots import plot_history
 from ner_pipeline.tokenize import IGNORE, Preprocessing, load_tokenized, merge_windows
 
 logger = logging.getLogger(__name__)
@@ -33,8 +34,6 @@ STAGE = "train"
 VERSION = "1"
 MODEL_INPUTS = ["input_ids", "attention_mask", "labels"]
 CHECKPOINTS = "checkpoints"
-# Written last by Trainer._save_checkpoint: a checkpoint folder without it was cut short by a kill.
-TRAINER_STATE = "trainer_state.json"
 # Settings that change how fast training runs, not what it produces.
 NOT_IN_KEY = {"num_threads"}
 
@@ -135,31 +134,6 @@ def argmax_logits(logits: Any, labels: Any) -> Any:
     return logits.argmax(dim=-1)
 
 
-def complete_checkpoints(folder: Path) -> list[tuple[int, Path]]:
-    """The checkpoints in `folder` that were written to the end, as (step, path), oldest first."""
-    found = []
-    for path in folder.glob("checkpoint-*") if folder.is_dir() else []:
-        step = path.name.rsplit("-", 1)[-1]
-        if step.isdigit() and (path / TRAINER_STATE).is_file():
-            found.append((int(step), path))
-    return sorted(found)
-
-
-def last_checkpoint(folder: Path) -> tuple[str | None, int]:
-    """The newest complete checkpoint in `folder` and its step (None, 0 when there is none)."""
-    found = complete_checkpoints(folder)
-    return (str(found[-1][1]), found[-1][0]) if found else (None, 0)
-
-
-def remove_incomplete_checkpoints(folder: Path) -> None:
-    """Delete checkpoint folders a kill cut short; training rewrites them when it gets there again."""
-    complete = {path for _, path in complete_checkpoints(folder)}
-    for path in folder.glob("checkpoint-*") if folder.is_dir() else []:
-        if path not in complete:
-            logger.warning("removing incomplete checkpoint %s", path)
-            shutil.rmtree(path, ignore_errors=True)
-
-
 def training_arguments(train_cfg: TrainConfig, output_dir: Path) -> Any:
     """TrainingArguments for this config: per-epoch (or per-N-steps) evaluation, checkpoints and logging."""
     import torch
@@ -222,29 +196,6 @@ def history_from_log(log_history: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 }
             )
     return rows
-
-
-def plot_history(history: list[dict[str, Any]], path: Path) -> None:
-    """Training curves: losses and validation F1 per evaluation."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [r["epoch"] for r in history]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    left.plot(epochs, [r["train_loss"] for r in history], "o-", label="train loss")
-    left.plot(epochs, [r["eval_loss"] for r in history], "s-", label="validation loss")
-    left.set_xlabel("epoch")
-    left.set_title("Loss")
-    left.legend()
-    right.plot(epochs, [r["eval_f1"] for r in history], "o-", color="tab:green")
-    right.set_xlabel("epoch")
-    right.set_title("Validation entity F1 (conlleval)")
-    right.set_ylim(0, 1)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def trainer_class() -> type:
@@ -327,9 +278,7 @@ def fit(model_cfg: ModelConfig, train_cfg: TrainConfig, tokenize_artifact: Artif
     tokens_before = 0
     if checkpoint:
         logger.info("resuming training from %s (step %d)", checkpoint, step)
-        # Read now: checkpoint rotation may delete this folder during training.
-        saved = json.loads((Path(checkpoint) / TRAINER_STATE).read_text(encoding="utf-8"))
-        tokens_before = int(saved.get("num_input_tokens_seen", 0))
+        tokens_before = tokens_seen(checkpoint)  # read now: checkpoint rotation may delete this folder
     with warnings.catch_warnings():
         # transformers 4.57 wraps its per-step token count (a tensor) in torch.tensor() and warns every epoch.
         warnings.filterwarnings("ignore", message="To copy construct from a tensor", category=UserWarning)

@@ -202,12 +202,18 @@ def prediction_tags(path: Path, artifact_path: str) -> dict[str, str]:
     }
 
 
-def log_predictions(client: Any, run_id: str, path: Path, subfolder: str) -> dict[str, str]:
-    """Upload a predictions file to `evaluation/<subfolder>/` of a run; return the tags its version must carry.
+def predictions_folder(evaluate_key: str) -> str:
+    """Where in a run a version's test predictions go: under the evaluate key, as one run may hold several."""
+    return f"{PREDICTIONS_ARTIFACT_DIR}/{evaluate_key}"
 
-    `subfolder` (the evaluate key) keeps two evaluations logged into one run apart.
+
+def log_predictions(client: Any, run_id: str, path: Path, evaluate_key: str) -> dict[str, str]:
+    """Upload a predictions file to an existing run; return the tags its version must carry.
+
+    The register stage logs the file inside its own run instead (`register.run_register`); this is for attaching
+    predictions to a run afterwards.
     """
-    folder = f"{PREDICTIONS_ARTIFACT_DIR}/{subfolder}"
+    folder = predictions_folder(evaluate_key)
     client.log_artifact(run_id, str(path), folder)
     return prediction_tags(path, f"{folder}/{path.name}")
 
@@ -343,12 +349,14 @@ def _judge_first(candidate: Any, rows: list[Any] | None, cfg: RegistryConfig) ->
         return Verdict(False, f"version {candidate.version} has no '{cfg.metric}' metric")
     numbers = {cfg.metric: round(value, 6), "min_first_metric": cfg.min_first_metric}
     sign = 1 if cfg.metric_direction == "higher" else -1
-    if sign * (value - cfg.min_first_metric) <= 0:
+    if sign * (value - cfg.min_first_metric) < 0:
         why = (
-            f"no production version yet, and {cfg.metric} {value:.4f} is not above registry.min_first_metric "
+            f"no production version yet, and {cfg.metric} {value:.4f} is below registry.min_first_metric "
             f"{cfg.min_first_metric}: a model this weak has not learned the task"
         )
         return Verdict(False, why, numbers)
     return Verdict(
-        True, f"no production version yet; {cfg.metric} {value:.4f} is above {cfg.min_first_metric}", numbers
+        True,
+        f"no production version yet; {cfg.metric} {value:.4f} reaches min_first_metric {cfg.min_first_metric}",
+        numbers,
     )
