@@ -16,7 +16,7 @@ from prefect.client.schemas.objects import TaskRun
 from prefect.states import State
 
 from ner_pipeline import pipeline
-from ner_pipeline.artifacts import Artifact, ArtifactStore
+from ner_pipeline.artifacts import Artifact
 from ner_pipeline.config import PipelineConfig
 from ner_pipeline.transient import is_transient
 
@@ -32,7 +32,7 @@ def artifact_cache_key(stage: str) -> Callable[[Any, dict[str, Any]], str | None
             return None  # a registration is reused only after the registry confirms it (run_register asks it)
         config: PipelineConfig = parameters["config"]
         key = pipeline.stage_key(stage, config, parameters["upstream"], parameters["ctx"])
-        if ArtifactStore(config.artifacts_root).get(stage, key) is None:
+        if pipeline.open_store(config).get(stage, key) is None:
             return None  # nothing complete on disk: never let Prefect serve a result for it
         return f"ner-pipeline-{stage}-{key}"
 
@@ -61,7 +61,7 @@ def stage_task(stage: str) -> Task[[PipelineConfig, Mapping[str, Artifact], pipe
         retry_condition_fn=retry_unless_user_error,
     )
     def run(config: PipelineConfig, upstream: Mapping[str, Artifact], ctx: pipeline.RunContext) -> Artifact:
-        return pipeline.run_stage(stage, config, upstream, ArtifactStore(config.artifacts_root), ctx)
+        return pipeline.run_stage(stage, config, upstream, pipeline.open_store(config), ctx)
 
     return run
 
@@ -71,7 +71,7 @@ def lookup_task(
     stage: str, config: PipelineConfig, upstream: Mapping[str, Artifact], ctx: pipeline.RunContext
 ) -> Artifact:
     """Find the cached artifact of a stage this run does not compute."""
-    return pipeline.lookup_stage(stage, config, upstream, ArtifactStore(config.artifacts_root), ctx)
+    return pipeline.lookup_stage(stage, config, upstream, pipeline.open_store(config), ctx)
 
 
 STAGE_TASKS = {name: stage_task(name) for name in pipeline.STAGES}

@@ -36,7 +36,7 @@ TINY = {"hidden": 32, "layers": 2, "heads": 2, "max_positions": 130}
 
 def wnut16_sentences() -> list[str]:
     """The packaged WNUT-16 sentences as running text (the first column holds the words)."""
-    from ner_pipeline.ingest import wnut16_path
+    from ner_pipeline.readers import wnut16_path
 
     sentences, words = [], []
     for line in wnut16_path().read_text(encoding="utf-8").splitlines():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -190,3 +191,37 @@ def test_cli_predict_reads_arguments_files_and_jsonl(everything_is_a_person: Pat
     lines.write_text("not json\n")
     bad = CliRunner().invoke(app, ["predict", "--jsonl", str(lines), *model])
     assert bad.exit_code == 1 and "in.jsonl line 1" in bad.output
+
+
+class SeededBackend:
+    """Logits drawn from each token id and position: every label, stray I- tags and adjacent B- tags occur."""
+
+    name = "seeded"
+
+    def logits(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        seeded = (input_ids[..., None] * 7919 + np.arange(input_ids.shape[1])[None, :, None] * 104729) % 1009
+        return (np.sin(seeded * np.arange(1, len(TINY_LABELS) + 1)) * 4).astype(np.float32)
+
+
+def test_entities_are_the_spans_seqeval_reads_from_the_word_labels_with_their_mean_score(
+    everything_is_a_person: Path,
+):
+    from ner_pipeline.spans import extract_spans
+
+    loaded = Predictor.load(everything_is_a_person)
+    predictor = Predictor(SeededBackend(), loaded.tokenizer, loaded.prep)
+    texts = [TRICKY, "Angela Merkel met Emmanuel Macron in Paris.\nThe U.S. and S&P's 1,000 points.", "x"]
+    found = predictor.predict(texts)
+    for text, entities in zip(texts, found, strict=True):
+        expected = []
+        for line_start, line in ((m.start(), m.group()) for m in re.finditer(r"[^\n]+", text)):
+            words = split_words(line)
+            [probs] = predictor.word_probabilities([[w for w, _, _ in words]])
+            best = probs.argmax(-1)
+            for span in extract_spans([predictor.labels[k] for k in best]):
+                score = float(np.mean([probs[j, best[j]] for j in range(span.start, span.end)]))
+                start, end = line_start + words[span.start][1], line_start + words[span.end - 1][2]
+                expected.append((span.label, start, end, score))
+        assert [(e.label, e.start, e.end) for e in entities] == [x[:3] for x in expected]
+        np.testing.assert_allclose([e.score for e in entities], [x[3] for x in expected], atol=1e-6)
+    assert sum(map(len, found)) > 10

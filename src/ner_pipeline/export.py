@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -98,8 +99,17 @@ REDUCE_RANGE = {"avx2": True, "avx512": True, "avx512_vnni": False, "arm64": Fal
 QUANTIZED_OPS = ["MatMul", "Attention"]
 
 
-def quantize_onnx(folder: Path, target: str) -> Path:
+def quantize_onnx(
+    folder: Path,
+    target: str,
+    ops: Sequence[str] = tuple(QUANTIZED_OPS),
+    reduce_range: bool | None = None,
+    out: Path | None = None,
+) -> Path:
     """Dynamic int8 quantization for the target instruction set, of the graph-optimized model when there is one.
+
+    `ops` and `reduce_range` (None: the target's) default to the settings bench/infer.py chose on validation; the
+    benchmark passes its candidates, and `out` (default: the folder's model_quantized.onnx) to keep them apart.
 
     Raises:
         ExportError: an unknown target.
@@ -112,14 +122,14 @@ def quantize_onnx(folder: Path, target: str) -> Path:
     source = folder / VARIANTS["onnx-optimized"]
     if not source.is_file():
         source = folder / VARIANTS["onnx"]
-    out = folder / VARIANTS["onnx-int8"]
+    out = out or folder / VARIANTS["onnx-int8"]
     quantize_dynamic(
         str(source),
         str(out),
-        op_types_to_quantize=QUANTIZED_OPS,
+        op_types_to_quantize=list(ops),
         per_channel=True,
         weight_type=QuantType.QInt8,
-        reduce_range=REDUCE_RANGE[target],
+        reduce_range=REDUCE_RANGE[target] if reduce_range is None else reduce_range,
         # The fused contrib ops (Attention, SkipLayerNorm) defeat ONNX shape inference; their outputs are fp32.
         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
     )

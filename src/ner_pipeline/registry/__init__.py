@@ -7,7 +7,8 @@ One job per module:
 - `gate`: the gate's verdict: a paired bootstrap of challenger against production on the same test predictions.
 - `lock`: the lock that serialises alias moves (a registered model created atomically as a mutex).
 - `catalog`: list and compare versions, resolve `models:/` URIs, download a version.
-- `pyfunc`: the MLflow pyfunc wrapper around our predictor, its signature and requirements.
+- `pyfunc`: the MLflow pyfunc wrapper around our predictor: the variant it serves, the files it ships, its signature
+  and requirements.
 - `tags`: alias names and the tags a version carries (written at registration, read by the gate and listing).
 - `client`: the MlflowClient bound to one tracking URI that all of them use, and the checks before it (the store
   exists, the server answers) and the canonical spelling of a tracking URI.

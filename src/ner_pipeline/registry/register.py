@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,9 +25,16 @@ from typing import Any
 from ner_pipeline.artifacts import Artifact, ArtifactStore, artifact_key, write_json_atomic
 from ner_pipeline.config import RegistryConfig
 from ner_pipeline.predictions import PREDICTIONS_FILE
+from ner_pipeline.registry.card import write_version_card
 from ner_pipeline.registry.client import canonical_uri, client_for
 from ner_pipeline.registry.gate import prediction_tags, predictions_folder
-from ner_pipeline.registry.pyfunc import PACKAGE_DIR, make_pyfunc_model, pip_requirements, pyfunc_signature
+from ner_pipeline.registry.pyfunc import (
+    PACKAGE_DIR,
+    make_pyfunc_model,
+    pip_requirements,
+    pyfunc_signature,
+    stage_model_files,
+)
 from ner_pipeline.registry.tags import ARTIFACT_TAG, CHALLENGER, version_tags
 
 logger = logging.getLogger(__name__)
@@ -70,7 +78,8 @@ def log_and_register(
         run_id: The pipeline's MLflow run; None starts a run of its own.
         tags: Version tags (see `registry.tags.version_tags`).
         description: Version description shown in the MLflow UI.
-        onnx_dir: Exported ONNX variants to ship with the model, if any.
+        onnx_dir: The export folder; the variant its parity check made the serving default is logged with the
+            model (only that one: see `registry.pyfunc`).
         run_files: Files to log in the run beside the model, by folder in the run (the test predictions).
 
     Returns:
@@ -83,10 +92,10 @@ def log_and_register(
         logger.info("%s version %s already carries register key %s: registering nothing", name, found.version, key)
         model_uri, version, run_id = found.source, str(found.version), found.run_id
     else:
-        artifacts = {"model": str(model_dir)}
+        sources = {"model": str(model_dir)}
         if onnx_dir is not None and onnx_dir.is_dir():
-            artifacts["onnx"] = str(onnx_dir)
-        model_uri, version, run_id = _log_and_create_version(name, artifacts, tracking_uri, run_id, tags, run_files)
+            sources["onnx"] = str(onnx_dir)
+        model_uri, version, run_id = _log_and_create_version(name, sources, tracking_uri, run_id, tags, run_files)
         first = _first_of_concurrent(client, name, key, version)
         if first is not None:
             model_uri, version, run_id = first.source, str(first.version), first.run_id
@@ -127,13 +136,17 @@ def _first_of_concurrent(client: Any, name: str, key: str | None, version: str) 
 
 def _log_and_create_version(
     name: str,
-    artifacts: Mapping[str, str],
+    sources: Mapping[str, str],
     tracking_uri: str,
     run_id: str | None,
     tags: Mapping[str, str],
     run_files: Mapping[str, Path] | None = None,
 ) -> tuple[str, str, str]:
     """Log the pyfunc model in run `run_id` (or a new run) and register it: (model_uri, version, run_id).
+
+    `sources` names the model folder (`model`) and the export folder (`onnx`, if any). Only the files of the
+    variant the export's parity check made the serving default are logged (`pyfunc.stage_model_files`), and the
+    variant is recorded in the MLmodel metadata (`served_backend`, `served_onnx_file`), shown by the MLflow UI.
 
     The only place that points MLflow's process-wide URIs anywhere, because MLflow 3 leaves no other way:
     `start_run` and `pyfunc.log_model` take no tracking URI, and registering a `models:/<model id>` source makes
@@ -142,20 +155,27 @@ def _log_and_create_version(
     """
     import mlflow
 
-    with _fluent_uris(tracking_uri), mlflow.start_run(run_id=run_id) as run:
-        for folder, path in (run_files or {}).items():
-            mlflow.log_artifact(str(path), artifact_path=folder)
-        signature, example = pyfunc_signature()
-        info = mlflow.pyfunc.log_model(
-            name=MODEL_ARTIFACT_PATH,
-            python_model=make_pyfunc_model(),
-            artifacts=dict(artifacts),
-            signature=signature,
-            input_example=example,
-            pip_requirements=pip_requirements(),
-            code_paths=[str(PACKAGE_DIR)],
-        )
-        version = mlflow.register_model(info.model_uri, name, tags=dict(tags))
+    with tempfile.TemporaryDirectory(prefix="ner-logged-model-") as staging:
+        onnx_dir = Path(sources["onnx"]) if "onnx" in sources else None
+        variant, artifacts = stage_model_files(Path(sources["model"]), onnx_dir, Path(staging))
+        served = {"served_backend": variant.backend}
+        if variant.onnx_file is not None:
+            served["served_onnx_file"] = variant.onnx_file.name
+        with _fluent_uris(tracking_uri), mlflow.start_run(run_id=run_id) as run:
+            for folder, path in (run_files or {}).items():
+                mlflow.log_artifact(str(path), artifact_path=folder)
+            signature, example = pyfunc_signature()
+            info = mlflow.pyfunc.log_model(
+                name=MODEL_ARTIFACT_PATH,
+                python_model=make_pyfunc_model(),
+                artifacts=artifacts,
+                signature=signature,
+                input_example=example,
+                pip_requirements=pip_requirements(variant.backend),
+                code_paths=[str(PACKAGE_DIR)],
+                metadata=served,
+            )
+            version = mlflow.register_model(info.model_uri, name, tags=dict(tags))
     return info.model_uri, str(version.version), run.info.run_id
 
 
@@ -236,6 +256,8 @@ def run_register(
             onnx_dir=export.path if export is not None else None,
             run_files=logged,
         )
+        summary = describe(evaluation.stats, tags)
+        write_version_card(client_for(tracking_uri), record, upstream, tags.get("model.base"), summary)
         write_json_atomic(folder / "registration.json", record)
         return record
 

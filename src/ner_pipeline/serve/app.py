@@ -7,11 +7,15 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 
 from ner_pipeline.config import ServeConfig
-from ner_pipeline.serve.batcher import MicroBatcher
+from ner_pipeline.serve.batcher import Batcher
 from ner_pipeline.serve.context import request_id_middleware
+from ner_pipeline.serve.guard import RequestGuard
 from ner_pipeline.serve.loading import load_handle
 from ner_pipeline.serve.routes import demo, ops, predict
 from ner_pipeline.serve.state import ModelHandle, ServiceState
@@ -29,13 +33,22 @@ def create_app(
 
     Args:
         settings: Limits, batching and polling settings.
-        loader: Loads the model to serve (called at start-up and on reload).
-        api_key: When set, predict and admin routes require it in the `X-API-Key` header.
+        loader: Loads the model to serve (called in a worker thread after start-up, and on reload).
+        api_key: When set, every route but `/health` and `/ready` requires it in the `X-API-Key` header.
         current_version: Returns the version the alias points at now (enables polling).
     """
-    app = FastAPI(title="ner-pipeline", summary="Named-entity recognition service", lifespan=lifespan)
+    # Swagger UI's script and styles come from the fastapi-offline package, served here: /docs needs no CDN.
+    app = FastAPIOffline(
+        title="ner-pipeline",
+        summary="Named-entity recognition service",
+        lifespan=lifespan,
+        redoc_url=None,
+        static_url="/docs-static",
+    )
     app.state.service = ServiceState(settings=settings, loader=loader, current_version=current_version)
-    app.state.api_key = api_key
+    app.add_exception_handler(RequestValidationError, validation_error)
+    # Added first, so it runs inside the request-id middleware: its refusals are logged with their id too.
+    app.add_middleware(RequestGuard, api_key=api_key, max_body_bytes=settings.max_body_bytes)
     app.middleware("http")(request_id_middleware)
     for module in (ops, predict, demo):
         app.include_router(module.router)
@@ -44,13 +57,12 @@ def create_app(
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Load the model and start the batcher (and the alias poller); on shutdown stop both and free the model."""
+    """Start loading the model in the background and start the batcher (and the alias poller); on shutdown stop
+    them and free the model. `/health` answers at once; `/ready` once the model is loaded."""
     state: ServiceState = app.state.service
     settings = state.settings
-    state.handle = await asyncio.to_thread(state.loader)
-    logger.info("serving %s on backend %s", state.handle.label, state.handle.info.backend)
-    state.batcher = MicroBatcher(state.require_handle, settings.max_batch_size, settings.batch_wait_ms)
-    tasks = [asyncio.create_task(state.batcher.run())]
+    state.batcher = Batcher(state.require_handle, settings, state.gate)
+    tasks = [asyncio.create_task(state.load()), asyncio.create_task(state.batcher.run())]
     if settings.reload_poll_seconds and state.current_version is not None:
         tasks.append(asyncio.create_task(state.poll(settings.reload_poll_seconds)))
     yield
@@ -60,6 +72,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             await task
     if state.handle is not None:
         state.handle.close()
+
+
+async def validation_error(request: Request, exc: Exception) -> JSONResponse:
+    """422 naming each bad field, without echoing the input back (it may be huge, or not encodable at all)."""
+    errors = exc.errors() if isinstance(exc, RequestValidationError) else []
+    detail = [{"type": e.get("type"), "loc": list(e.get("loc", ())), "msg": e.get("msg")} for e in errors]
+    return JSONResponse({"detail": detail}, status_code=422)
 
 
 def build_app(

@@ -1,13 +1,18 @@
-"""Dependencies the routes declare: the service state, the served model and the API key check."""
+"""Dependencies the routes declare: the service state, the served model and the batcher.
+
+The API key is checked by `guard.RequestGuard` before a route is reached; `api_key_scheme` only declares it in
+the OpenAPI schema, so `/docs` offers it under "Authorize".
+"""
 
 from __future__ import annotations
 
-import secrets
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request, Security
+from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader
 
+from ner_pipeline.serve.batcher import Batcher
+from ner_pipeline.serve.guard import API_KEY_HEADER
 from ner_pipeline.serve.state import ModelHandle, ServiceState
 
 
@@ -19,16 +24,19 @@ StateDep = Annotated[ServiceState, Depends(get_state)]
 
 
 def get_handle(state: StateDep) -> ModelHandle:
-    """The model being served; 503 until the lifespan has loaded it."""
+    """The model being served; 503 until it is loaded."""
     return state.require_handle()
 
 
 HandleDep = Annotated[ModelHandle, Depends(get_handle)]
-api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
 
 
-def require_api_key(request: Request, key: Annotated[str | None, Security(api_key_header)]) -> None:
-    """Check the API key when the service was started with one."""
-    expected: str | None = request.app.state.api_key
-    if expected and not (key and secrets.compare_digest(key, expected)):
-        raise HTTPException(401, "missing or wrong API key (header X-API-Key)")
+def get_batcher(state: StateDep) -> Batcher:
+    """The batcher; 503 until the model is loaded and while a batching lane restarts."""
+    return state.require_batcher()
+
+
+BatcherDep = Annotated[Batcher, Depends(get_batcher)]
+api_key_scheme = Security(
+    APIKeyHeader(name=API_KEY_HEADER, auto_error=False, description="Required when the service has a key.")
+)

@@ -25,6 +25,13 @@ def choose_backend(requested: str, parity: dict[str, Any] | None) -> str:
     return "onnx" if default == "onnx-optimized" else default  # the onnx backend loads the optimized graph itself
 
 
+def public_name(folder: Path) -> str:
+    """What the service calls a served folder: its last two names (`<key>/model` for a train artifact), never the
+    full path, which would tell every client how the server's disks are laid out."""
+    parts = Path(folder).resolve().parts[-2:]
+    return "/".join(p for p in parts if p not in ("/", ""))
+
+
 def load_handle(
     source: str, backend: str, tracking_uri: str | None, onnx: str | None = None, threads: int | None = None
 ) -> ModelHandle:
@@ -61,14 +68,14 @@ def _load_handle(
     else:
         model_dir = Path(source)
         onnx_dir = Path(onnx) if onnx else None
-        name, version, alias, metrics = str(model_dir), None, None, {}
+        name, version, alias, metrics = public_name(model_dir), None, None, {}
     chosen = choose_backend(backend, read_parity(onnx_dir))
     predictor = Predictor.load(model_dir, backend=chosen, onnx_dir=onnx_dir, threads=threads)  # type: ignore[arg-type]
     info = ModelInfo(
         name=name,
         version=version,
         alias=alias,
-        source=source,
+        source=source if workdir is not None else name,
         backend=chosen,
         labels=predictor.labels,
         metrics={k: v for k, v in metrics.items() if not k.startswith(("validation_f1_", "test_f1_ci"))},
