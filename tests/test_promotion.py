@@ -273,6 +273,26 @@ def test_rollback_needs_a_reason_happens_once_and_again_only_after_a_promotion(u
     assert registry.rollback(uri, NAME, "v3 is slow").to_version == v1
 
 
+def test_cli_rollback_says_why_it_refuses_in_one_line(uri: str, tmp_path: Path):
+    from typer.testing import CliRunner
+
+    from ner_pipeline.cli import app
+
+    for keep in (0.6, 0.8):
+        registry.promote(uri, CFG, NAME, add_version(uri, rows_for({"PER": keep}), tmp_path))
+    common = ["--model", NAME, "--set", f"tracking.tracking_uri={uri}"]
+    runner = CliRunner()
+    missing = runner.invoke(app, ["rollback", *common])
+    assert missing.exit_code == 1 and "rollback needs --reason" in missing.output
+    assert "Traceback" not in missing.output
+    done = runner.invoke(app, ["rollback", *common, "--reason", "bad outputs"])
+    assert done.exit_code == 0 and done.stdout.startswith(f"ROLLBACK {NAME} v2 -> v1: bad outputs")
+    twice = runner.invoke(app, ["rollback", *common, "--reason", "again"])
+    assert twice.exit_code == 1 and "already a rollback from v2" in twice.output
+    history = runner.invoke(app, ["models", "history", NAME, "--set", f"tracking.tracking_uri={uri}"])
+    assert history.exit_code == 0 and "bad outputs" in history.output
+
+
 # --- concurrency and crashes ---------------------------------------------------------------------------------------
 
 

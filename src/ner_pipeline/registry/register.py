@@ -95,10 +95,12 @@ def log_and_register(
         sources = {"model": str(model_dir)}
         if onnx_dir is not None and onnx_dir.is_dir():
             sources["onnx"] = str(onnx_dir)
-        model_uri, version, run_id = _log_and_create_version(name, sources, tracking_uri, run_id, tags, run_files)
+        model_uri, version, run_id = _log_and_create_version(name, sources, tracking_uri, run_id, tags)
         first = _first_of_concurrent(client, name, key, version)
         if first is not None:
             model_uri, version, run_id = first.source, str(first.version), first.run_id
+    for folder, path in (run_files or {}).items() if run_id else ():  # every time: a retry uploads them again
+        client.log_artifact(run_id, str(path), folder)
     client.update_model_version(name, version, description=description)
     client.set_registered_model_alias(name, CHALLENGER, version)
     logger.info("%s version %s is the registration (alias %s)", name, version, CHALLENGER)
@@ -135,12 +137,7 @@ def _first_of_concurrent(client: Any, name: str, key: str | None, version: str) 
 
 
 def _log_and_create_version(
-    name: str,
-    sources: Mapping[str, str],
-    tracking_uri: str,
-    run_id: str | None,
-    tags: Mapping[str, str],
-    run_files: Mapping[str, Path] | None = None,
+    name: str, sources: Mapping[str, str], tracking_uri: str, run_id: str | None, tags: Mapping[str, str]
 ) -> tuple[str, str, str]:
     """Log the pyfunc model in run `run_id` (or a new run) and register it: (model_uri, version, run_id).
 
@@ -162,8 +159,6 @@ def _log_and_create_version(
         if variant.onnx_file is not None:
             served["served_onnx_file"] = variant.onnx_file.name
         with _fluent_uris(tracking_uri), mlflow.start_run(run_id=run_id) as run:
-            for folder, path in (run_files or {}).items():
-                mlflow.log_artifact(str(path), artifact_path=folder)
             signature, example = pyfunc_signature()
             info = mlflow.pyfunc.log_model(
                 name=MODEL_ARTIFACT_PATH,
