@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from conftest import free_port, wait_for_port
+from test_promotion import add_version, aliases, rows_for
 
 from ner_pipeline import registry
 from ner_pipeline.config import RegistryConfig
@@ -38,39 +39,42 @@ def register(uri: str, model_dir: Path, **kwargs) -> str:
     return record["version"]
 
 
-def aliases(uri: str) -> dict[str, str]:
-    model = registry.client_for(uri).get_registered_model(NAME)
-    return {alias: str(version) for alias, version in model.aliases.items()}
+def exercise_gate(uri: str, model_dir: Path, folder: Path) -> None:
+    """The sequence both stores must support: promote, refuse noise, refuse a per-type drop, run production at gate
+    time on another test set, roll back once."""
 
+    def version(keep: dict[str, float], n: int = 300) -> str:
+        return add_version(uri, rows_for(keep, n), folder, model_dir, name=NAME)
 
-def exercise_gate(uri: str, model_dir: Path) -> None:
-    """The sequence both stores must support: promote, refuse, per-type refusal, fingerprint refusal, rollback."""
-    v1 = register(uri, model_dir, f1=0.80, per=0.85, loc=0.80)
-    assert aliases(uri) == {"challenger": v1}
+    v1 = version({"PER": 0.8, "LOC": 0.8})
+    assert aliases(uri, NAME) == {"challenger": v1}
     first = registry.promote(uri, CFG, NAME)
-    assert first.accepted and aliases(uri)["production"] == v1
+    assert first.accepted and aliases(uri, NAME)["production"] == v1
 
-    v2 = register(uri, model_dir, f1=0.85, per=0.86, loc=0.84)
+    v2 = version({"PER": 0.9, "LOC": 0.8})
     second = registry.promote(uri, CFG, NAME, v2)
-    assert second.accepted
-    assert aliases(uri)["production"] == v2 and aliases(uri)["previous-production"] == v1
+    assert second.accepted and second.numbers["production_predictions"] == "stored"
+    assert aliases(uri, NAME)["production"] == v2 and aliases(uri, NAME)["previous-production"] == v1
 
-    worse = register(uri, model_dir, f1=0.70, per=0.80, loc=0.70)
+    worse = version({"PER": 0.7, "LOC": 0.7})
     refused = registry.promote(uri, CFG, NAME, worse)
-    assert not refused.accepted and "does not beat production" in refused.reason
-    assert aliases(uri)["production"] == v2
+    assert not refused.accepted and "lower bound not above min_delta" in refused.reason
+    assert refused.numbers["delta_high"] < 0 and aliases(uri, NAME)["production"] == v2
 
-    per_drop = register(uri, model_dir, f1=0.90, per=0.80, loc=0.95)
+    per_drop = version({"PER": 0.8, "LOC": 1.0})
     refused_type = registry.promote(uri, CFG, NAME, per_drop)
-    assert not refused_type.accepted and refused_type.reason.startswith("PER F1 falls by 6.0 points")
+    assert not refused_type.accepted and refused_type.reason.startswith("PER F1 falls by 5.8 points")
 
-    other_data = register(uri, model_dir, f1=0.95, per=0.95, loc=0.95, fingerprint="fp-other")
-    refused_fp = registry.promote(uri, CFG, NAME, other_data)
-    assert not refused_fp.accepted and "test sets differ" in refused_fp.reason
-    assert aliases(uri)["production"] == v2
+    # Another test set: production has no predictions of it, so the gate downloads and runs it (a model that tags
+    # every word B-PER scores about 0.3 here) against the challenger's stored predictions.
+    other_data = version({"PER": 0.9, "LOC": 0.9}, n=120)
+    promoted = registry.promote(uri, CFG, NAME, other_data)
+    assert promoted.accepted and promoted.numbers["production_predictions"] == "run at gate time"
+    assert promoted.numbers["production_test_f1"] == pytest.approx(2 * 120 / (600 + 240))  # 600 spans, 240 gold
+    assert aliases(uri, NAME)["production"] == other_data
 
     back = registry.rollback(uri, NAME, reason="bad outputs")
-    assert back.accepted and aliases(uri)["production"] == v1 and aliases(uri)["previous-production"] == v2
+    assert back.accepted and aliases(uri, NAME) == {"production": v2, "challenger": other_data}
 
     actions = [(e["action"], e["to_version"]) for e in registry.history(uri, NAME)]
     assert actions == [
@@ -78,17 +82,17 @@ def exercise_gate(uri: str, model_dir: Path) -> None:
         ("promote", v2),
         ("refuse", worse),
         ("refuse", per_drop),
-        ("refuse", other_data),
-        ("rollback", v1),
+        ("promote", other_data),
+        ("rollback", v2),
     ]
-    version = registry.client_for(uri).get_model_version(NAME, per_drop)
-    assert version.tags["promotion.last_decision"] == "refuse"
+    version_tags = registry.client_for(uri).get_model_version(NAME, per_drop).tags
+    assert version_tags["promotion.last_decision"] == "refuse" and version_tags["promotion.compared_to"] == v2
 
 
 @pytest.mark.slow
-def test_gate_promotes_better_refuses_worse_and_rollback_restores_on_sqlite(tmp_path: Path, tiny_model_dir: Path):
+def test_gate_promotes_better_refuses_worse_and_rollback_restores_on_sqlite(tmp_path: Path, person_model: Path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    exercise_gate(uri, tiny_model_dir)
+    exercise_gate(uri, person_model, tmp_path)
 
 
 @pytest.mark.slow
@@ -101,6 +105,7 @@ def test_forced_promotion_needs_a_reason_and_is_recorded(tmp_path: Path, tiny_mo
         registry.promote(uri, CFG, NAME, v2, force=True)
     forced = registry.promote(uri, CFG, NAME, v2, force=True, reason="hotfix for a tokenizer bug")
     assert forced.accepted and forced.forced and "hotfix" in forced.reason
+    assert "has no stored test predictions" in forced.reason  # what the gate said, kept beside the reason
     assert registry.history(uri, NAME)[-1]["forced"] is True
     tags = registry.client_for(uri).get_model_version(NAME, v2).tags
     assert tags["promotion.last_decision"] == "promote" and tags["promotion.last_actor"] == forced.actor
@@ -125,7 +130,9 @@ def test_rollback_without_previous_production_is_a_clear_error(tmp_path: Path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     registry.client_for(uri).create_registered_model(NAME)
     with pytest.raises(RegistryError, match="no 'previous-production' alias"):
-        registry.rollback(uri, NAME)
+        registry.rollback(uri, NAME, "nothing works")
+    with pytest.raises(RegistryError, match="registered model 'nope'"):
+        registry.rollback(uri, "nope", "typo")
 
 
 def test_fetching_a_model_leaves_mlflows_process_wide_uris_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
@@ -191,15 +198,15 @@ def mlflow_server(tmp_path: Path):
 
 
 @pytest.mark.slow
-def test_register_promote_rollback_through_a_tracking_server(mlflow_server: str, tiny_model_dir: Path, tmp_path: Path):
-    exercise_gate(mlflow_server, tiny_model_dir)
+def test_register_promote_rollback_through_a_tracking_server(mlflow_server: str, person_model: Path, tmp_path: Path):
+    exercise_gate(mlflow_server, person_model, tmp_path)
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)
-    assert client.get_model_version_by_alias(NAME, "production").version == "1"
+    assert client.get_model_version_by_alias(NAME, "production").version == "2"
     assert len(client.search_model_versions(f"name = '{NAME}'")) == 5
     fetched = registry.fetch_model(f"models:/{NAME}@production", mlflow_server, tmp_path / "download")
-    assert fetched.version == "1" and (fetched.model_dir / "config.json").is_file()  # through the proxied store
+    assert fetched.version == "2" and (fetched.model_dir / "config.json").is_file()  # through the proxied store
 
 
 @pytest.mark.slow

@@ -290,7 +290,8 @@ def test_live_service_serves_production_and_picks_up_a_promotion_without_failing
     for w in workers:
         w.start()
     time.sleep(1.0)
-    decision = registry.promote(uri, RegistryConfig(model_name="ner-serve"), "ner-serve", "2")
+    # Forced: these versions carry no test predictions for the gate, and the swap under load is what is tested.
+    decision = registry.promote(uri, RegistryConfig(model_name="ner-serve"), "ner-serve", "2", True, "swap test")
     assert decision.accepted
     reloaded = httpx.post(f"{base}/admin/reload", headers=key, timeout=120)
     assert reloaded.status_code == 200 and reloaded.json()["version"] == "2"

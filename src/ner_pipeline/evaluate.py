@@ -20,13 +20,14 @@ import numpy as np
 from ner_pipeline.artifacts import Artifact, ArtifactStore, artifact_key
 from ner_pipeline.config import EvaluateConfig
 from ner_pipeline.errors import DataError
+from ner_pipeline.predictions import PREDICTIONS_FILE, write_predictions
 from ner_pipeline.report import EvalReport, Tags, write_report
 from ner_pipeline.spans import OUTSIDE, check_tag, entity_type, extract_spans
 
 logger = logging.getLogger(__name__)
 
 STAGE = "evaluate"
-VERSION = "1"
+VERSION = "2"  # 2: the test predictions are stored (predictions.jsonl)
 Mode = Literal["conlleval", "strict"]
 
 
@@ -291,7 +292,10 @@ def run_evaluate(
             for name in ("validation", "test")
         }
         report, pred = score_splits(predictor, splits, cfg, f"train/{train_artifact.key}")
-        write_report(report, folder, splits["test"].tokens, splits["test"].gold, pred, cfg)
+        test = splits["test"]
+        write_report(report, folder, test.tokens, test.gold, pred, cfg)
+        # Kept for the promotion gate, which compares two versions sentence by sentence.
+        write_predictions(folder / PREDICTIONS_FILE, test.tokens, test.gold, pred, test.doc_ids)
         return report.flat_metrics()
 
     return store.build(

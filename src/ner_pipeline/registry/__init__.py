@@ -3,7 +3,9 @@
 One job per module:
 
 - `register`: the register stage (log the pyfunc model in the run, new version with alias `challenger`).
-- `promotion`: the gate, promote, rollback and the audit trail.
+- `promotion`: promote, rollback, the audit trail, and repairing a move a crash cut in half.
+- `gate`: the gate's verdict: a paired bootstrap of challenger against production on the same test predictions.
+- `lock`: the lock that serialises alias moves (a registered model created atomically as a mutex).
 - `catalog`: list and compare versions, resolve `models:/` URIs, download a version.
 - `pyfunc`: the MLflow pyfunc wrapper around our predictor: the variant it serves, the files it ships, its signature
   and requirements.

@@ -24,8 +24,10 @@ from typing import Any
 
 from ner_pipeline.artifacts import Artifact, ArtifactStore, artifact_key, write_json_atomic
 from ner_pipeline.config import RegistryConfig
+from ner_pipeline.predictions import PREDICTIONS_FILE
 from ner_pipeline.registry.card import write_version_card
 from ner_pipeline.registry.client import canonical_uri, client_for
+from ner_pipeline.registry.gate import prediction_tags, predictions_folder
 from ner_pipeline.registry.pyfunc import (
     PACKAGE_DIR,
     make_pyfunc_model,
@@ -62,6 +64,7 @@ def log_and_register(
     tags: Mapping[str, str],
     description: str,
     onnx_dir: Path | None = None,
+    run_files: Mapping[str, Path] | None = None,
 ) -> dict[str, Any]:
     """Log the model as a pyfunc in the MLflow run and register a new version with alias `challenger`.
 
@@ -77,6 +80,7 @@ def log_and_register(
         description: Version description shown in the MLflow UI.
         onnx_dir: The export folder; the variant its parity check made the serving default is logged with the
             model (only that one: see `registry.pyfunc`).
+        run_files: Files to log in the run beside the model, by folder in the run (the test predictions).
 
     Returns:
         name, version, run_id and model_uri of the version.
@@ -95,6 +99,8 @@ def log_and_register(
         first = _first_of_concurrent(client, name, key, version)
         if first is not None:
             model_uri, version, run_id = first.source, str(first.version), first.run_id
+    for folder, path in (run_files or {}).items() if run_id else ():  # every time: a retry uploads them again
+        client.log_artifact(run_id, str(path), folder)
     client.update_model_version(name, version, description=description)
     client.set_registered_model_alias(name, CHALLENGER, version)
     logger.info("%s version %s is the registration (alias %s)", name, version, CHALLENGER)
@@ -229,6 +235,12 @@ def run_register(
         # The register artifact's own key too: registration is looked up and confirmed by it, and pruning its
         # artifact would otherwise go unnoticed.
         tags = version_tags(evaluation, upstream.get("ingest"), {**keys, STAGE: key}, extra_tags or {})
+        predictions = evaluation.path / PREDICTIONS_FILE
+        logged = {}
+        if predictions.is_file():  # for the promotion gate
+            folder_in_run = predictions_folder(evaluation.key)
+            tags.update(prediction_tags(predictions, f"{folder_in_run}/{PREDICTIONS_FILE}"))
+            logged[folder_in_run] = predictions
         record = log_and_register(
             cfg,
             train.path / "model",
@@ -237,6 +249,7 @@ def run_register(
             tags,
             description=describe(evaluation.stats, tags),
             onnx_dir=export.path if export is not None else None,
+            run_files=logged,
         )
         summary = describe(evaluation.stats, tags)
         write_version_card(client_for(tracking_uri), record, upstream, tags.get("model.base"), summary)

@@ -19,6 +19,18 @@ ARTIFACT_TAG = "artifact."
 TYPE_TAG = "type_f1."
 # Evaluate's test metrics that are not per-entity-type scores.
 NOT_TYPES = {"strict", "ci_low", "ci_high"}
+TEST_FINGERPRINT_TAG = "data.test_fingerprint"
+# The version's test predictions, logged in its run: where, which sentences, which bytes (see registry.gate).
+PREDICTIONS_PATH_TAG = "predictions.path"
+PREDICTIONS_FINGERPRINT_TAG = "predictions.test_fingerprint"
+PREDICTIONS_SHA_TAG = "predictions.sha256"
+# The last gate decision about a version (the full story is the model's audit trail).
+DECISION_TAG = "promotion.last_decision"
+REASON_TAG = "promotion.last_reason"
+ACTOR_TAG = "promotion.last_actor"
+DELTA_TAG = "promotion.delta"
+INTERVAL_TAG = "promotion.delta_interval"
+COMPARED_TAG = "promotion.compared_to"
 
 
 def version_tags(
@@ -29,7 +41,7 @@ def version_tags(
     tags.update({f"{TYPE_TAG}{t}": v for t, v in type_scores(evaluation.stats).items()})
     if ingest is not None:
         tags["data.fingerprint"] = ingest.stats.get("fingerprint")
-        tags["data.test_fingerprint"] = ingest.stats.get("test_fingerprint", ingest.stats.get("fingerprint"))
+        tags[TEST_FINGERPRINT_TAG] = ingest.stats.get("test_fingerprint", ingest.stats.get("fingerprint"))
     tags.update({f"{ARTIFACT_TAG}{stage}": key for stage, key in upstream.items()})
     tags.update(extra)
     return {k: str(v) for k, v in tags.items() if v is not None}
