@@ -28,8 +28,8 @@ def run(
 ) -> None:
     """Run the training flow end to end under Prefect (a temporary local server unless PREFECT_API_URL is set)."""
     load(config, set_)  # fail fast on a bad config, before Prefect starts
-    training_flow = importlib.import_module(FLOW_MODULE).training_flow
-    summary = training_flow(
+    run_training = importlib.import_module(FLOW_MODULE).run_training  # its temporary server dies with us
+    summary = run_training(
         config_path=str(config),
         overrides=list(set_ or []),
         only=list(only or []) or None,
@@ -45,7 +45,13 @@ def next_steps(summary: Any) -> str:
     """The closing lines of `run`: where to look next."""
     lines = ["Where to look next:"]
     if summary.run_id:
-        lines.append(f"  MLflow UI:  mlflow ui --backend-store-uri {summary.tracking_uri}   (run {summary.run_id})")
+        from ner_pipeline import tracking
+
+        uri = summary.tracking_uri
+        url = tracking.experiment_url(uri, tracking.experiment_of_run(uri, summary.run_id))
+        if tracking.is_embedded(uri):
+            lines.append(f"  MLflow UI:  mlflow ui --backend-store-uri {uri}")
+        lines.append(f"  Runs:       {url}   (run {summary.run_id} holds this model)")
     evaluated = summary.stages.get("evaluate")
     if evaluated is not None:
         lines.append(f"  Report:     {evaluated.path / 'report.md'}")
