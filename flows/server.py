@@ -108,7 +108,10 @@ def _spawn(port: int, log: Path) -> TemporaryServer:
     env.pop("PREFECT_API_URL", None)
     command = [sys.executable, "-m", SERVER_MODULE, "--port", str(port), "--parent", str(os.getpid())]
     with log.open("ab") as handle:
-        process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=handle, stderr=subprocess.STDOUT)
+        # its own session: a Ctrl-C in the terminal reaches only `run`, which then sends its last logs and stops it
+        process = subprocess.Popen(
+            command, env=env, stdin=subprocess.DEVNULL, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
+        )
     return TemporaryServer(process, port, log)
 
 
