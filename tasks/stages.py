@@ -16,9 +16,9 @@ from prefect.client.schemas.objects import TaskRun
 from prefect.states import State
 
 from ner_pipeline import pipeline
-from ner_pipeline.artifacts import Artifact, ArtifactStore
+from ner_pipeline.artifacts import Artifact
 from ner_pipeline.config import PipelineConfig
-from ner_pipeline.errors import NerPipelineError
+from ner_pipeline.transient import is_transient
 
 # Stages that read from the network or a shared store can fail for passing reasons; retry those only.
 RETRIES = {"ingest": 2, "register": 3}
@@ -28,9 +28,11 @@ def artifact_cache_key(stage: str) -> Callable[[Any, dict[str, Any]], str | None
     """Build a Prefect `cache_key_fn` that returns the stage's artifact key when that artifact is on disk."""
 
     def cache_key(context: Any, parameters: dict[str, Any]) -> str | None:
+        if stage == "register":
+            return None  # a registration is reused only after the registry confirms it (run_register asks it)
         config: PipelineConfig = parameters["config"]
         key = pipeline.stage_key(stage, config, parameters["upstream"], parameters["ctx"])
-        if ArtifactStore(config.artifacts_root).get(stage, key) is None:
+        if pipeline.open_store(config).get(stage, key) is None:
             return None  # nothing complete on disk: never let Prefect serve a result for it
         return f"ner-pipeline-{stage}-{key}"
 
@@ -41,10 +43,8 @@ def retry_unless_user_error(task: Task[..., Any], task_run: TaskRun, state: Stat
     """Retry passing failures (network, locks); a bad config or bad data fails at once."""
     try:
         state.result()
-    except NerPipelineError as exc:
-        return exc.transient
-    except Exception:
-        return True
+    except Exception as exc:
+        return is_transient(exc)
     return False
 
 
@@ -61,7 +61,7 @@ def stage_task(stage: str) -> Task[[PipelineConfig, Mapping[str, Artifact], pipe
         retry_condition_fn=retry_unless_user_error,
     )
     def run(config: PipelineConfig, upstream: Mapping[str, Artifact], ctx: pipeline.RunContext) -> Artifact:
-        return pipeline.run_stage(stage, config, upstream, ArtifactStore(config.artifacts_root), ctx)
+        return pipeline.run_stage(stage, config, upstream, pipeline.open_store(config), ctx)
 
     return run
 
@@ -71,7 +71,7 @@ def lookup_task(
     stage: str, config: PipelineConfig, upstream: Mapping[str, Artifact], ctx: pipeline.RunContext
 ) -> Artifact:
     """Find the cached artifact of a stage this run does not compute."""
-    return pipeline.lookup_stage(stage, config, upstream, ArtifactStore(config.artifacts_root), ctx)
+    return pipeline.lookup_stage(stage, config, upstream, pipeline.open_store(config), ctx)
 
 
 STAGE_TASKS = {name: stage_task(name) for name in pipeline.STAGES}

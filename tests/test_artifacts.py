@@ -1,8 +1,10 @@
-"""The artifact cache: keys, atomic builds, interrupted builds, concurrent builds, pruning."""
+"""The artifact cache: keys, atomic builds, interrupted builds, concurrent builds, pruning, integrity checks."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import multiprocessing
 import os
 import signal
@@ -11,9 +13,26 @@ from pathlib import Path
 
 import pytest
 
+from ner_pipeline import pipeline, registry
 from ner_pipeline.artifacts import MANIFEST, ArtifactStore, artifact_key
-from ner_pipeline.config import TrainConfig
+from ner_pipeline.config import PipelineConfig, TrainConfig
 from ner_pipeline.errors import ArtifactError
+
+
+def invoke_cli(args: list[str]):
+    """Run `ner-pipeline ARGS` in-process; the root logger's handlers are put back afterwards, since the CLI's
+    logging set-up would otherwise leave them writing to the runner's closed stderr (and drop pytest's capture)."""
+    from typer.testing import CliRunner
+
+    from ner_pipeline.cli import app
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        return CliRunner().invoke(app, args)
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
 
 
 def write_value(value: str):
@@ -153,10 +172,6 @@ def test_require_names_the_stage_to_run(tmp_path: Path):
 
 
 def test_cli_lists_and_prunes_the_cache(tmp_path: Path):
-    from typer.testing import CliRunner
-
-    from ner_pipeline.cli import app
-
     store = ArtifactStore(tmp_path / "artifacts")
     store.build("ingest", "old", write_value("a"))
     time.sleep(1.1)
@@ -167,9 +182,122 @@ def test_cli_lists_and_prunes_the_cache(tmp_path: Path):
         "--set",
         f"tracking.tracking_uri=sqlite:///{tmp_path}/m.db",
     ]
-    listed = CliRunner().invoke(app, ["artifacts", "list", *common])
+    listed = invoke_cli(["artifacts", "list", *common])
     assert listed.exit_code == 0 and "old" in listed.output and "new" in listed.output
-    pruned = CliRunner().invoke(app, ["artifacts", "prune", "--keep-last", "1", *common])
+    registry.client_for(f"sqlite:///{tmp_path}/m.db")  # prune refuses a registry store that does not exist
+    pruned = invoke_cli(["artifacts", "prune", "--keep-last", "1", *common])
     assert pruned.exit_code == 0, pruned.output
     assert "removed ingest/old" in pruned.output
     assert [a.key for a in store.list()] == ["new"]
+
+
+# --- integrity -------------------------------------------------------------------------------------------------
+
+WEIGHTS = "model/model.safetensors"
+
+
+def write_model(size: int = 8 << 20):
+    """A producer writing a model-sized random file and a small config beside it."""
+
+    def producer(folder: Path) -> dict:
+        (folder / "model").mkdir()
+        (folder / WEIGHTS).write_bytes(os.urandom(size))
+        (folder / "model" / "config.json").write_text("{}")
+        return {}
+
+    return producer
+
+
+def delete(path: Path) -> None:
+    path.unlink()
+
+
+def truncate(path: Path) -> None:
+    with path.open("r+b") as handle:
+        handle.truncate(path.stat().st_size - 1)
+
+
+def overwrite_same_size(path: Path) -> None:
+    with path.open("r+b") as handle:  # 4 MB of zeros in the middle: the size stays, the content does not
+        handle.seek(path.stat().st_size // 4)
+        handle.write(bytes(4 << 20))
+
+
+DAMAGE = pytest.mark.parametrize(
+    "damage", [delete, truncate, overwrite_same_size], ids=["deleted", "truncated", "same-size"]
+)
+
+
+def test_manifest_records_size_and_sha256_of_each_file(tmp_path: Path):
+    built = ArtifactStore(tmp_path).build("train", "k", write_model(1 << 20))
+    files = json.loads((built.path / MANIFEST).read_text())["files"]
+    assert set(files) == {WEIGHTS, "model/config.json"}  # not the manifest itself
+    weights = (built.path / WEIGHTS).read_bytes()
+    assert files[WEIGHTS] == {"size": len(weights), "sha256": hashlib.sha256(weights).hexdigest()}
+
+
+@DAMAGE
+def test_a_damaged_file_is_removed_with_a_warning_naming_it_and_rebuilt(
+    tmp_path: Path, damage, caplog: pytest.LogCaptureFixture
+):
+    store = ArtifactStore(tmp_path)
+    first = store.build("train", "k", write_model())
+    damage(first.path / WEIGHTS)
+    with caplog.at_level(logging.WARNING, logger="ner_pipeline.artifacts"):
+        assert store.get("train", "k") is None
+    assert str(first.path / WEIGHTS) in caplog.text and "damaged" in caplog.text
+    assert not first.path.exists() and not list((tmp_path / "train").glob(".trash-*"))
+    rebuilt = store.build("train", "k", write_model())
+    assert not rebuilt.cached and store.damage(rebuilt) == []
+    assert store.build("train", "k", write_model()).cached
+
+
+@DAMAGE
+def test_a_lookup_rebuilds_a_damaged_artifact_instead_of_serving_it(tmp_path: Path, damage):
+    store = ArtifactStore(tmp_path)
+    damage(store.build("train", "k", write_model()).path / WEIGHTS)
+    with pytest.raises(ArtifactError, match="run the 'train' stage first"):
+        store.require("train", "k")  # a stage that is only looked up is not served damaged either
+
+
+def test_a_size_check_catches_deleted_and_truncated_files_but_not_an_equal_size_overwrite(tmp_path: Path):
+    store = ArtifactStore(tmp_path, verify="size")
+    for damage, caught in ((delete, True), (truncate, True), (overwrite_same_size, False)):
+        built = store.build("train", damage.__name__, write_model())
+        damage(built.path / WEIGHTS)
+        assert (store.get("train", damage.__name__) is None) is caught, damage.__name__
+        assert bool(store.damage(built, "sha256")) is True
+
+
+def test_cache_verify_in_the_config_reaches_the_store(tmp_path: Path):
+    config = PipelineConfig.model_validate({"artifacts_root": str(tmp_path), "cache": {"verify": "size"}})
+    assert pipeline.open_store(config).verify == "size"
+    assert pipeline.open_store(PipelineConfig()).verify == "sha256"
+
+
+@DAMAGE
+def test_cli_verify_exits_non_zero_with_one_line_per_damaged_file(tmp_path: Path, damage):
+    store = ArtifactStore(tmp_path / "artifacts")
+    intact = store.build("train", "intact", write_model(1 << 20))
+    broken = store.build("train", "broken", write_model())
+    damage(broken.path / WEIGHTS)
+    (broken.path / "model" / "config.json").unlink()
+    args = ["artifacts", "verify", "--set", f"artifacts_root={tmp_path / 'artifacts'}"]
+    result = invoke_cli(args)
+    assert result.exit_code == 1, result.output
+    damaged = sorted(line for line in result.output.splitlines() if line.startswith("damaged"))
+    assert damaged == [
+        f"damaged train/broken: {broken.path / 'model' / 'config.json'}: missing",
+        damaged[1],
+    ]
+    assert damaged[1].startswith(f"damaged train/broken: {broken.path / WEIGHTS}: ")
+    assert "1 intact, 1 damaged, 0 unverifiable" in result.output
+    (broken.path / "model" / "config.json").write_text("{}")
+    assert invoke_cli([*args[:2], "--size-only", *args[2:]]).exit_code == (0 if damage is overwrite_same_size else 1)
+    assert store.get("train", intact.key) == intact
+
+
+def test_cli_verify_passes_an_intact_cache(tmp_path: Path):
+    ArtifactStore(tmp_path / "artifacts").build("train", "k", write_model(1 << 20))
+    result = invoke_cli(["artifacts", "verify", "--set", f"artifacts_root={tmp_path / 'artifacts'}"])
+    assert result.exit_code == 0 and "1 intact, 0 damaged" in result.output

@@ -19,7 +19,7 @@ from ner_pipeline.artifacts import Artifact, ArtifactStore
 from ner_pipeline.config import load_config
 from ner_pipeline.pipeline import run_pipeline
 from ner_pipeline.predict import PARITY_FILE, Predictor
-from ner_pipeline.tokenize import Preprocessing, subwords_per_word
+from ner_pipeline.preprocessing import Preprocessing, subwords_per_word
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +36,7 @@ TINY = {"hidden": 32, "layers": 2, "heads": 2, "max_positions": 130}
 
 def wnut16_sentences() -> list[str]:
     """The packaged WNUT-16 sentences as running text (the first column holds the words)."""
-    from ner_pipeline.ingest import wnut16_path
+    from ner_pipeline.readers import wnut16_path
 
     sentences, words = [], []
     for line in wnut16_path().read_text(encoding="utf-8").splitlines():

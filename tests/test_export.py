@@ -6,13 +6,17 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
+from conftest import build_tiny_model
 
-from ner_pipeline.config import EvaluateConfig, ExportConfig
+from ner_pipeline.config import EvaluateConfig, ExportConfig, TokenizeConfig
 from ner_pipeline.evaluate import run_evaluate
 from ner_pipeline.export import PARITY_FILE, export_key, quantization_target, run_export, serving_default
-from ner_pipeline.ingest import load_splits
-from ner_pipeline.predict import Predictor, onnx_file, split_words
+from ner_pipeline.ingest import load_splits, read_labels
+from ner_pipeline.predict import Predictor, onnx_file, pad_batch, split_words
+from ner_pipeline.preprocessing import IGNORE, Preprocessing, WordEncoder, load_tokenizer
+from ner_pipeline.tokenize import make_preprocessing
 
 pytestmark = pytest.mark.slow
 
@@ -21,6 +25,56 @@ pytestmark = pytest.mark.slow
 def exported(wnut_tiny):
     store, ingest, train = wnut_tiny
     return run_export(ExportConfig(parity_sentences=60), ingest, train, store)
+
+
+def fit(model_dir: Path, sentences: list[list[str]], tags: list[list[int]], steps: int = 150) -> None:
+    """Train the model in `model_dir` on a few sentences until it has learnt them, and save it in place."""
+    import torch
+    from transformers import AutoModelForTokenClassification
+
+    encoder = WordEncoder(load_tokenizer(str(model_dir)), Preprocessing.load(model_dir))
+    windows = [w for words, ids in zip(sentences, tags, strict=True) for w in encoder.encode(words, ids)]
+    model = AutoModelForTokenClassification.from_pretrained(model_dir).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for step in range(steps):
+        batch = [windows[(step * 16 + k) % len(windows)] for k in range(16)]
+        ids, mask = pad_batch([w.input_ids for w in batch], encoder.tokenizer.pad_token_id)
+        labels = np.full(ids.shape, IGNORE, dtype=np.int64)
+        for row, window in enumerate(batch):
+            labels[row, : len(window.labels)] = window.labels
+        out = model(
+            input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask), labels=torch.from_numpy(labels)
+        )
+        out.loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval().save_pretrained(model_dir)
+
+
+@pytest.fixture(scope="module")
+def learnt(wnut_tiny):
+    """A tiny model trained on 48 WNUT sentences with entities until it tags them (so its labels vary), exported."""
+    import torch
+
+    store, ingest, _ = wnut_tiny
+    labels = read_labels(ingest)
+    train_split = load_splits(ingest)["train"]
+    rows = [
+        (t, g) for t, g in zip(train_split["tokens"], train_split["ner_tags"], strict=True) if any(g) and len(t) < 30
+    ]
+    sentences, tags = [list(t) for t, _ in rows[:48]], [list(g) for _, g in rows[:48]]
+
+    def produce(folder: Path) -> dict:
+        torch.manual_seed(0)
+        model_dir = build_tiny_model(folder / "model", labels=labels)
+        make_preprocessing(load_tokenizer(str(model_dir)), TokenizeConfig(max_length=64, stride=8), labels).save(
+            model_dir
+        )
+        fit(model_dir, sentences, tags)
+        return {}
+
+    train = store.build("train", "tiny-learnt", produce)
+    return sentences, run_export(ExportConfig(parity_sentences=20), ingest, train, store)
 
 
 def test_every_variant_is_written_with_a_parity_record(exported):
@@ -46,6 +100,17 @@ def test_torch_and_onnx_backends_agree_on_a_fixed_sample(exported, wnut_tiny):
         assert [round(e.score, 3) for e in a] == [round(e.score, 3) for e in b]
     int8 = Predictor.load(exported.path, backend="onnx-int8")
     assert len(int8.predict(sample)) == 2
+
+
+def test_int8_labels_agree_with_fp32_on_a_trained_model(learnt):
+    sentences, export = learnt
+    handful = sentences[:8]
+    fp32 = Predictor.load(export.path, backend="onnx").predict_words(handful)
+    int8 = Predictor.load(export.path, backend="onnx-int8").predict_words(handful)
+    assert len({label for labels in fp32 for label in labels}) >= 3, "the model should not tag every word alike"
+    pairs = [(a, b) for x, y in zip(fp32, int8, strict=True) for a, b in zip(x, y, strict=True)]
+    agreement = sum(a == b for a, b in pairs) / len(pairs)
+    assert agreement >= 0.9, f"int8 agrees with fp32 on {agreement:.0%} of {len(pairs)} words"
 
 
 def test_raw_text_predictions_equal_the_evaluate_stage_on_the_same_sentences(wnut_tiny, exported):

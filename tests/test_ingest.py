@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -121,6 +122,36 @@ def test_bad_tag_names_file_and_line(tmp_path: Path):
         read_conll(path)
 
 
+@pytest.mark.parametrize(
+    ("hidden", "name"), [("\u00a0", "no-break space (U+00A0)"), ("\u200b", "zero width space (U+200B)")]
+)
+def test_a_tag_with_an_invisible_character_names_file_and_line(tmp_path: Path, hidden: str, name: str):
+    # Pasted from a web page: without the check, 'B-ORG\xa0' became an entity type of its own next to ORG.
+    path = write(tmp_path / "train.txt", f"Acme B-ORG\n\nthe O\nBank B-ORG{hidden}\n")
+    with pytest.raises(DataError) as caught:
+        read_conll(path)
+    assert str(caught.value) == (
+        f"{path} line 4: tag {'B-ORG' + hidden!r} contains {name}; remove it, or it becomes an entity type of its own"
+    )
+
+
+def test_a_chunk_column_read_as_tags_is_an_error(tmp_path: Path):
+    # CoNLL-2003 with its NER column cut off: the last column is now the chunk column (B-NP, I-VP, ...).
+    without_ner = "".join(" ".join(line.split()[:3]) + "\n" if line.strip() else "\n" for line in IOB1_DOC.splitlines())
+    path = write(tmp_path / "train.txt", without_ner)
+    with pytest.raises(DataError) as caught:
+        read_conll(path)
+    assert str(caught.value) == (
+        f"{path} line 3: tag 'B-NP' is a phrase-chunk tag: every type in this column (NP, VP) is a chunk type, so "
+        "the NER column is missing; the NER tag must be the last column"
+    )
+    records = jsonl_lines({"tokens": ["EU", "rejects"], "tags": ["B-NP", "B-VP"]})
+    with pytest.raises(DataError, match=r"a\.jsonl line 1 token 0: tag 'B-NP' is a phrase-chunk tag"):
+        read_jsonl(write(tmp_path / "a.jsonl", records))
+    # An NER column that happens to hold such a type next to real ones is read as it is.
+    assert read_conll(write(tmp_path / "ok.txt", "Acme B-ORG\nGmbH I-NP\nsaid O\n"))[0].tags[1] == "I-NP"
+
+
 def test_non_utf8_bytes_name_the_line(tmp_path: Path):
     path = tmp_path / "train.txt"
     path.write_bytes("John B-PER\n\nM\u00fcnchen B-LOC\n".encode("latin-1"))
@@ -151,15 +182,87 @@ def test_iob1_is_converted_to_iob2_and_counted():
     assert labels == CONLL_LABELS
 
 
-def test_iob2_input_is_unchanged_and_broken_iob2_is_repaired(tmp_path: Path):
+def test_iob2_input_is_unchanged_and_a_stray_i_is_an_error_when_iob2_is_declared(tmp_path: Path):
     good = "John B-PER\nSmith I-PER\nsaid O\n\n"
-    broken = "John I-PER\nSmith I-PER\nin O\nParis I-LOC\n\n"
-    folder = conll_folder(tmp_path / "d", good + broken)
-    for scheme in ("iob2", "auto"):
-        splits, _, stats = build_splits(DataConfig(source="conll", path=str(folder), scheme=scheme))
-        assert splits["train"][0].tags == ["B-PER", "I-PER", "O"]
-        assert splits["train"][1].tags == ["B-PER", "I-PER", "O", "B-LOC"]
-        assert stats["train"]["repairs"] == 2 and "iob1_conversions" not in stats["train"]
+    folder = conll_folder(tmp_path / "good", good)
+    splits, _, stats = build_splits(DataConfig(source="conll", path=str(folder), scheme="iob2"))
+    assert splits["train"][0].tags == ["B-PER", "I-PER", "O"]
+    assert stats["train"]["repairs"] == 0 and "iob1_conversions" not in stats["train"]
+    assert stats["scheme"] == {
+        "detected": "iob2",
+        "splits": {"train": "iob2", "validation": "iob2", "test": "iob2"},
+        "first_i_start": None,
+    }
+
+    broken = conll_folder(tmp_path / "broken", good + "Bob B-PER\nin O\nParis I-LOC\n\n")
+    with pytest.raises(DataError) as caught:
+        build_splits(DataConfig(source="conll", path=str(broken), scheme="iob2"))
+    assert str(caught.value) == (
+        f"{broken / 'train.txt'} line 7: I-LOC after O starts an entity, but data.scheme is iob2 (entities start "
+        "with B-); set data.scheme=iob1 or auto if the file is IOB1"
+    )
+
+
+def test_auto_repairs_a_mix_of_iob1_and_iob2_with_a_warning_naming_the_first_i_start(tmp_path: Path, caplog):
+    broken = "John I-PER\nSmith I-PER\nin O\nParis I-LOC\n\nBob B-PER\n\n"
+    folder = conll_folder(tmp_path / "d", broken)
+    caplog.set_level(logging.INFO, logger="ner_pipeline")
+    splits, _, stats = build_splits(DataConfig(source="conll", path=str(folder), scheme="auto"))
+    assert splits["train"][0].tags == ["B-PER", "I-PER", "O", "B-LOC"]
+    assert stats["train"]["repairs"] == 2 and "iob1_conversions" not in stats["train"]
+    first = f"{folder / 'train.txt'} line 1: I-PER at the start of a sentence"
+    assert stats["scheme"]["detected"] == "mixed" and stats["scheme"]["first_i_start"] == first
+    [warning] = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert "mix IOB1 and IOB2" in warning.getMessage() and first in warning.getMessage()
+
+
+def test_iob1_input_gives_the_same_dataset_and_key_whichever_scheme_accepts_it(tmp_path: Path, caplog):
+    caplog.set_level(logging.INFO, logger="ner_pipeline")
+    store = ArtifactStore(tmp_path / "artifacts")
+    declared_iob1 = DataConfig(source="conll", path=str(FIXTURE), scheme="iob1")
+    auto = declared_iob1.model_copy(update={"scheme": "auto"})
+    first = run_ingest(auto, store)
+    assert not first.cached and first.stats["scheme"]["detected"] == "iob1"
+    assert first.stats["train"]["iob1_conversions"] == 8
+    assert any(r.levelno == logging.INFO and r.getMessage().startswith("IOB1 input") for r in caplog.records)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    again = run_ingest(declared_iob1, store)
+    assert again.cached and again.key == first.key
+    assert build_splits(declared_iob1)[2]["fingerprint"] == first.stats["fingerprint"]
+
+
+def test_a_cached_iob1_dataset_is_refused_when_iob2_is_declared(tmp_path: Path):
+    from ner_pipeline import pipeline
+    from ner_pipeline.config import PipelineConfig
+
+    store = ArtifactStore(tmp_path / "artifacts")
+    folder = shutil.copytree(FIXTURE, tmp_path / "d")
+    built = run_ingest(DataConfig(source="conll", path=str(folder), scheme="auto"), store)
+    declared = DataConfig(source="conll", path=str(folder), scheme="iob2")
+    assert ingest_key(declared) == built.key  # the key leaves the scheme out: a cache hit reads no data
+    message = (
+        f"{folder / 'train.txt'} line 3: I-ORG at the start of a sentence starts an entity, but data.scheme is "
+        "iob2 (entities start with B-); set data.scheme=iob1 or auto if the file is IOB1"
+    )
+    with pytest.raises(DataError) as reading:
+        build_splits(declared)
+    with pytest.raises(DataError) as cached:
+        run_ingest(declared, store)
+    # Looked up by a run that builds only later stages: the walk holds it to the scheme before tokenize starts.
+    config = PipelineConfig(artifacts_root=str(store.root), data=declared)
+    with pytest.raises(DataError) as looked_up:
+        pipeline.run_pipeline(config, store, stages=["tokenize"])
+    assert str(reading.value) == str(cached.value) == str(looked_up.value) == message
+    assert [a.key for a in store.list()] == [built.key]
+
+
+def test_a_stray_i_in_jsonl_names_the_record_line_and_token(tmp_path: Path):
+    records = [{"tokens": ["Ada", "met", "Bo"], "tags": ["B-PER", "O", "B-PER"]}]
+    write(tmp_path / "train.jsonl", jsonl_lines(*records, {"tokens": ["in", "Rome"], "tags": ["O", "I-LOC"]}))
+    for split in ("validation", "test"):
+        write(tmp_path / f"{split}.jsonl", jsonl_lines(*records))
+    with pytest.raises(DataError, match=r"train\.jsonl line 2 token 1: I-LOC after O starts an entity, but"):
+        build_splits(DataConfig(source="jsonl", path=str(tmp_path), scheme="iob2"))
 
 
 def test_empty_split_names_its_file(tmp_path: Path):
@@ -275,15 +378,15 @@ def test_jsonl_lines_without_document_id_are_separate_documents(tmp_path: Path):
         ('{"tokens": ["Ada"]}', 'expected an object with "tokens" and "tags"'),
         ('["Ada", "B-PER"]', 'expected an object with "tokens" and "tags"'),
         ('{"tokens": "Ada", "tags": "O"}', '"tokens" and "tags" must be lists'),
-        ('{"tokens": ["Ada"], "tags": [3]}', "tag 3 is not O, B-<type> or I-<type>"),
-        ('{"tokens": ["Ada"], "tags": ["PER"]}', "tag 'PER' is not O, B-<type> or I-<type>"),
+        ('{"tokens": ["Ada"], "tags": [3]}', "token 0: tag 3 is not O, B-<type> or I-<type>"),
+        ('{"tokens": ["Ada", "x"], "tags": ["O", "PER"]}', "token 1: tag 'PER' is not O, B-<type> or I-<type>"),
         ('{"tokens": [""], "tags": ["O"]}', "token 0 is ''; every token must be a non-empty string"),
         ('{"tokens": ["Ada"], "tags": ["O"], "document_id": "x"}', "document_id must be an integer"),
     ],
 )
 def test_bad_jsonl_lines_name_file_and_line(tmp_path: Path, line: str, error: str):
     path = write(tmp_path / "data.jsonl", jsonl_lines({"tokens": ["ok"], "tags": ["O"]}) + line + "\n")
-    with pytest.raises(DataError, match=r"data\.jsonl line 2: ") as caught:
+    with pytest.raises(DataError, match=r"data\.jsonl line 2[ :]") as caught:
         read_jsonl(path)
     assert error in str(caught.value)
 
@@ -355,6 +458,37 @@ def test_hub_source_accepts_string_tags(monkeypatch: pytest.MonkeyPatch):
     patch_hub_download(monkeypatch, fake_hub_dataset(tags_as_strings=True))
     splits, _, _ = build_splits(DataConfig(source="hub", path="some/dataset"))
     assert splits["validation"][1].tags == ["B-PER", "I-PER"]
+
+
+def hub_dataset_of(tags: list[list[str]], names: list[str] | None = None):
+    """A DatasetDict with the same rows in every split: tags as strings, or as ClassLabel ids over `names`."""
+    import datasets
+
+    feature = datasets.ClassLabel(names=names) if names else datasets.Value("string")
+    features = datasets.Features(
+        {"tokens": datasets.Sequence(datasets.Value("string")), "ner_tags": datasets.Sequence(feature)}
+    )
+    rows = {"tokens": [[f"w{i}" for i in range(len(t))] for t in tags], "ner_tags": tags}
+    if names:
+        rows["ner_tags"] = [[names.index(tag) for tag in t] for t in tags]
+    return datasets.DatasetDict(
+        {s: datasets.Dataset.from_dict(rows, features=features) for s in ("train", "validation", "test")}
+    )
+
+
+def test_hub_chunk_tags_and_stray_i_tags_name_split_row_and_token(monkeypatch: pytest.MonkeyPatch):
+    names = ["O", "B-NP", "I-NP", "B-VP"]
+    patch_hub_download(monkeypatch, hub_dataset_of([["B-NP", "I-NP", "B-VP"]], names))
+    with pytest.raises(DataError, match=r"ClassLabel names of column 'ner_tags': tag 'B-NP' is a phrase-chunk tag"):
+        build_splits(DataConfig(source="hub", path="chunks"))
+
+    patch_hub_download(monkeypatch, hub_dataset_of([["B-PER", "O"], ["B-PER", "O", "I-LOC"]]))
+    with pytest.raises(DataError) as caught:
+        build_splits(DataConfig(source="hub", path="some/dataset", scheme="iob2"))
+    assert str(caught.value).startswith(
+        "Hub dataset 'some/dataset' split 'train' row 1 token 2: I-LOC after O starts an entity, but data.scheme is "
+        "iob2"
+    )
 
 
 def test_hub_dataset_without_a_split_is_named(monkeypatch: pytest.MonkeyPatch):
@@ -459,6 +593,16 @@ def test_stats_table_is_aligned_and_shows_every_type():
     assert lines[2].split() == ["train", "2", "5", "28", "4", "1", "2", "2", "8"]
     assert lines[4].split() == ["test", "2", "2", "9", "1", "1", "1", "1", "4"]
     assert len({len(line) for line in lines}) == 1
+
+
+def test_stats_table_names_both_counters_when_splits_differ_in_scheme(tmp_path: Path):
+    folder = conll_folder(tmp_path / "d", "Ann I-PER\nsaid O\n", validation="Bo B-PER\n", test="Cy B-PER\n")
+    _, _, stats = build_splits(DataConfig(source="conll", path=str(folder)))
+    assert stats["scheme"]["splits"] == {"train": "iob1", "validation": "iob2", "test": "iob2"}
+    assert stats["scheme"]["detected"] == "mixed"  # IOB1 train, IOB2 validation and test: a mix of files
+    lines = stats_table(stats).splitlines()
+    assert lines[0].split()[-1] == "iob1_conversions/repairs"
+    assert [line.split()[-1] for line in lines[2:]] == ["1", "0", "0"]
 
 
 # --- scoring data --------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from conftest import TINY_LABELS, build_tiny_model
 from ner_pipeline.config import TokenizeConfig
 from ner_pipeline.errors import ModelError, PredictError
 from ner_pipeline.predict import Predictor
-from ner_pipeline.tokenize import encode_words, load_tokenizer, make_preprocessing
+from ner_pipeline.tokenize import load_tokenizer, make_preprocessing
 
 # Common English words, one WordPiece each in the MiniLM vocabulary, so word and subword positions coincide.
 WORDS = ["the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "to", "house", "with", "big", "red", "door"]
@@ -64,7 +64,7 @@ def test_the_words_are_single_subwords_as_the_window_tests_assume(tagger: Predic
 
 def test_a_sentence_longer_than_max_length_gets_exactly_one_label_per_word(tagger: Predictor):
     words = sentence(200)
-    assert len(encode_words(words, tagger.tokenizer, tagger.prep)) > 10
+    assert len(tagger.encoder.encode(words)) > 10
     labels, scores = tagger.predict_words_with_scores([words, ["door"]])
     assert [len(s) for s in labels] == [200, 1] and [len(s) for s in scores] == [200, 1]
     assert set(labels[0]) <= set(TINY_LABELS)
@@ -75,7 +75,7 @@ def test_a_sentence_longer_than_max_length_gets_exactly_one_label_per_word(tagge
 def test_every_interior_word_is_read_from_a_window_where_it_has_context_on_both_sides(tagger: Predictor):
     edges = Predictor(EdgeDistanceBackend(), tagger.tokenizer, tagger.prep)
     words = sentence(40)
-    assert len(encode_words(words, tagger.tokenizer, tagger.prep)) >= 3
+    assert len(tagger.encoder.encode(words)) >= 3
     [labels] = edges.predict_words([words])
     # Only the sentence's own first and last words sit at a window edge in every window that holds them.
     assert labels[0] == "O" and labels[-1] == "O"
@@ -147,14 +147,6 @@ def test_a_base_model_without_id2label_is_refused(tmp_path: Path):
         Predictor.load(folder)
 
 
-def test_a_model_folder_without_preprocessing_json_is_refused(tmp_path: Path, short_window_model: Path):
-    folder = tmp_path / "model"
-    shutil.copytree(short_window_model, folder)
-    (folder / "preprocessing.json").unlink()
-    with pytest.raises(ModelError, match=r"no preprocessing\.json"):
-        Predictor.load(folder)
-
-
 def test_labels_that_disagree_with_the_preprocessing_contract_are_refused(tmp_path: Path, short_window_model: Path):
     folder = tmp_path / "model"
     shutil.copytree(short_window_model, folder)
@@ -163,3 +155,50 @@ def test_labels_that_disagree_with_the_preprocessing_contract_are_refused(tmp_pa
     (folder / "preprocessing.json").write_text(json.dumps(contract))
     with pytest.raises(ModelError, match=r"differ from preprocessing\.json"):
         Predictor.load(folder)
+
+
+class RandomBackend:
+    """Logits drawn from each token id and position, so every window and subword reads differently."""
+
+    name = "random"
+
+    def logits(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        seeded = (input_ids[..., None] * 7919 + np.arange(input_ids.shape[1])[None, :, None] * 104729) % 1009
+        return (np.sin(seeded * np.arange(1, len(TINY_LABELS) + 1)) * 4).astype(np.float32)
+
+
+def reference_probabilities(predictor: Predictor, words: list[str], aggregation: str) -> np.ndarray:
+    """One sentence read back window by window with `merge_windows`, the loop the training stage uses."""
+    from ner_pipeline.decoding import softmax
+    from ner_pipeline.preprocessing import merge_windows
+
+    windows = predictor.encoder.encode(words)
+    values = []
+    for window in windows:
+        probs = softmax(RandomBackend().logits(np.array([window.input_ids]), np.ones((1, len(window.input_ids))))[0])
+        per_token: list = [None] * len(window.word_ids)
+        for i, w in enumerate(window.word_ids):
+            if w >= 0 and (i == 0 or window.word_ids[i - 1] != w):
+                block = probs[[j for j, v in enumerate(window.word_ids) if v == w]]
+                pick = {"first": block[0], "average": block.mean(0), "max": block[block.max(-1).argmax()]}
+                per_token[i] = pick[aggregation]
+        values.append(per_token)
+    return np.stack(merge_windows([w.word_ids for w in windows], values, len(words)))
+
+
+@pytest.mark.parametrize("aggregation", ["first", "average", "max"])
+def test_the_vectorised_read_back_picks_what_merge_windows_picks(tagger: Predictor, aggregation: str):
+    predictor = Predictor(RandomBackend(), tagger.tokenizer, tagger.prep, max_batch_tokens=40)
+    sentences = [sentence(n, offset=n) + ["Schwarzenegger"] * (n % 3) for n in (1, 7, 30, 2, 45, 13)] + [[]]
+    got = predictor.word_probabilities(sentences, aggregation=aggregation)  # type: ignore[arg-type]
+    for words, probs in zip(sentences, got, strict=True):
+        if words:
+            expected = reference_probabilities(predictor, words, aggregation)
+            np.testing.assert_allclose(probs, expected, atol=1e-6)
+
+
+def test_remembered_subwords_are_the_ones_a_sentence_call_gives(tagger: Predictor):
+    sentences = [["Schwarzenegger", "'s", "U.S.", "café", "e\u0301té", "1,000", "東京"], ["the", "Schwarzenegger"]]
+    first = tagger._subwords(sentences)
+    assert first == tagger.encoder.subwords(sentences)
+    assert tagger._subwords(sentences) == first  # now from the cache

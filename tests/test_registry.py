@@ -104,7 +104,7 @@ def test_forced_promotion_needs_a_reason_and_is_recorded(tmp_path: Path, tiny_mo
     assert registry.history(uri, NAME)[-1]["forced"] is True
     tags = registry.client_for(uri).get_model_version(NAME, v2).tags
     assert tags["promotion.last_decision"] == "promote" and tags["promotion.last_actor"] == forced.actor
-    assert registry.protected_artifact_keys(uri) == {"train-0.8-0.8", "train-0.6-0.6"}
+    assert registry.protected_artifact_keys(uri, []) == {"train-0.8-0.8", "train-0.6-0.6"}
 
     essay = "rolled back by hand after an incident; " * 500  # far beyond what a tag value may hold
     registry.rollback(uri, NAME, reason=essay)

@@ -13,21 +13,22 @@ import httpx
 import pytest
 from conftest import TINY_LABELS, free_port
 from fastapi.testclient import TestClient
+from serve_support import HOLD, controlled_loader, count_passes, ready_client
 
 from ner_pipeline.config import RegistryConfig, ServeConfig
-from ner_pipeline.predict import Predictor
+from ner_pipeline.predict import Predictor, split_words
 from ner_pipeline.serve import ModelHandle, create_app, load_handle
 
 SAMPLE = ["Angela Merkel met Emmanuel Macron in Paris .", "Nothing here", "São Paulo 🎉 Zoë"]
 
 
-SETTINGS = ServeConfig(max_texts=4, max_chars=200, batch_wait_ms=2)
+SETTINGS = ServeConfig(max_texts=4, max_chars=200, max_request_chars=300, batch_wait_ms=2)
 
 
 @pytest.fixture
 def client(person_model: Path):
     app = create_app(SETTINGS, loader=lambda: load_handle(str(person_model), "torch", None))
-    with TestClient(app) as test_client:
+    with ready_client(app) as test_client:
         yield test_client
 
 
@@ -39,11 +40,12 @@ def test_predict_returns_what_the_predictor_returns(client: TestClient, person_m
     assert response.headers["X-Request-ID"]
 
 
-def test_health_ready_and_model_describe_the_service(client: TestClient):
+def test_health_ready_and_model_describe_the_service(client: TestClient, person_model: Path):
     assert client.get("/health").json() == {"status": "ok"}
     assert client.get("/ready").json() == {"status": "ready"}
     info = client.get("/model").json()
     assert info["backend"] == "torch" and info["labels"] == TINY_LABELS
+    assert info["name"] == info["source"] == f"{person_model.parent.name}/{person_model.name}"  # no full path
     assert "/predict" in client.get("/openapi.json").json()["paths"]
 
 
@@ -52,6 +54,8 @@ def test_limits_give_413_and_malformed_bodies_422(client: TestClient):
     assert too_many.status_code == 413 and "too many texts: 5 > 4" in too_many.json()["detail"]
     too_long = client.post("/predict", json={"texts": ["ok", "x" * 201]})
     assert too_long.status_code == 413 and "texts[1] has 201 characters" in too_long.json()["detail"]
+    too_much = client.post("/predict", json={"texts": ["x" * 200, "y" * 101]})
+    assert too_much.status_code == 413 and "301 characters in all; the limit is 300" in too_much.json()["detail"]
     assert (
         client.post("/predict", content=b"{not json", headers={"Content-Type": "application/json"}).status_code == 422
     )
@@ -59,14 +63,26 @@ def test_limits_give_413_and_malformed_bodies_422(client: TestClient):
     assert client.post("/predict", json={"texts": []}).status_code == 422
 
 
-def test_api_key_is_enforced_when_set(person_model: Path):
+def test_api_key_is_required_on_every_route_but_the_probes(person_model: Path):
     app = create_app(SETTINGS, loader=lambda: load_handle(str(person_model), "torch", None), api_key="s3cret")
-    with TestClient(app) as client:
+    key = {"X-API-Key": "s3cret"}
+    with ready_client(app) as client:
         assert client.post("/predict", json={"texts": ["a"]}).status_code == 401
         assert client.post("/predict", json={"texts": ["a"]}, headers={"X-API-Key": "wrong"}).status_code == 401
-        assert client.post("/predict", json={"texts": ["a"]}, headers={"X-API-Key": "s3cret"}).status_code == 200
+        assert client.post("/predict", json={"texts": ["a"]}, headers=key).status_code == 200
+        # Checked before the body is read: a malformed body without the key is a 401, not a 422.
+        assert (
+            client.post("/predict", content=b"{not json", headers={"Content-Type": "application/json"}).status_code
+            == 401
+        )
+        for path in ("/model", "/docs", "/openapi.json", "/", "/docs-static/swagger-ui.css", "/no-such-route"):
+            assert client.get(path).status_code == 401, path
+            assert client.get(path, headers=key).status_code == (404 if path == "/no-such-route" else 200), path
         assert client.post("/admin/reload").status_code == 401
-        assert client.get("/health").status_code == 200
+        assert client.get("/health").json() == {"status": "ok"}
+        assert client.get("/ready").json() == {"status": "ready"}
+        schemes = client.get("/openapi.json", headers=key).json()["components"]["securitySchemes"]
+        assert [s["name"] for s in schemes.values()] == ["X-API-Key"]  # /docs offers it under "Authorize"
 
 
 def test_internal_errors_carry_no_stack_trace(person_model: Path):
@@ -81,7 +97,7 @@ def test_internal_errors_carry_no_stack_trace(person_model: Path):
         handle.predictor.backend = Broken()  # a failing model, injected to check what a client sees
         return handle
 
-    with TestClient(create_app(SETTINGS, loader=loader), raise_server_exceptions=False) as client:
+    with ready_client(create_app(SETTINGS, loader=loader), raise_server_exceptions=False) as client:
         response = client.post("/predict", json={"texts": ["a"]})
     assert response.status_code == 500
     assert response.json()["detail"] == "internal error" and "request_id" in response.json()
@@ -92,7 +108,7 @@ def test_concurrent_requests_are_batched_into_fewer_forward_passes(person_model:
     app = create_app(
         ServeConfig(batch_wait_ms=50, max_batch_size=64), loader=lambda: load_handle(str(person_model), "torch", None)
     )
-    with TestClient(app) as client:
+    with ready_client(app) as client:
         threads = [
             threading.Thread(target=client.post, args=("/predict",), kwargs={"json": {"texts": [f"t{i}"]}})
             for i in range(12)
@@ -104,6 +120,74 @@ def test_concurrent_requests_are_batched_into_fewer_forward_passes(person_model:
         assert app.state.service.batcher.batches < 12
 
 
+def test_concurrent_requests_each_get_the_entities_of_their_own_texts(person_model: Path):
+    """Requests batched into one forward pass are answered with their own texts' entities, in their own order."""
+    app = create_app(
+        ServeConfig(batch_wait_ms=50, max_batch_size=64), loader=lambda: load_handle(str(person_model), "torch", None)
+    )
+    # Different word counts and lengths per request (and two texts in some), so any mix-up shifts offsets.
+    requests = [
+        [" ".join(f"caller{i}word{k}" for k in range(1 + i % 4)), *(["  Zoë " + "x" * i] if i % 3 == 0 else [])]
+        for i in range(12)
+    ]
+    answers: dict[int, dict] = {}
+    with ready_client(app) as client:
+
+        def call(i: int) -> None:
+            answers[i] = client.post("/predict", json={"texts": requests[i]}).json()
+
+        threads = [threading.Thread(target=call, args=(i,)) for i in range(len(requests))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert app.state.service.batcher.batches < len(requests)
+    predictor = Predictor.load(person_model)
+    for i, texts in enumerate(requests):
+        entities = answers[i]["entities"]
+        assert len(entities) == len(texts)
+        for text, found in zip(texts, entities, strict=True):
+            assert [text[e["start"] : e["end"]] for e in found] == [e["text"] for e in found]
+            assert [e["text"] for e in found] == [word for word, _, _ in split_words(text)]  # every word is a PER
+            assert found == [e.model_dump() for e in predictor.predict(text)[0]]
+
+
+def test_coalesced_requests_share_as_few_forward_passes_as_the_token_budget_allows(person_model: Path):
+    """Requests queued behind a running batch form the next batch; its passes are those of one predict call."""
+    loader, made = controlled_loader(person_model)
+    app = create_app(ServeConfig(batch_wait_ms=0), loader=loader)
+    # Sentences of ~40 tokens: a few fit the torch budget of 256 padded tokens per pass, twelve do not.
+    texts = [" ".join(["Angela Merkel met Emmanuel Macron in Paris"] * (3 + i % 3)) for i in range(12)]
+    answers: dict[int, dict] = {}
+    with ready_client(app) as client:
+        backend = made["backend"]
+        gate = app.state.service.gate
+        holder = threading.Thread(target=client.post, args=("/predict",), kwargs={"json": {"texts": [HOLD]}})
+        holder.start()
+        assert backend.entered.wait(30)
+
+        def call(i: int) -> None:
+            answers[i] = client.post("/predict", json={"texts": [texts[i]]}).json()
+
+        threads = [threading.Thread(target=call, args=(i,)) for i in range(len(texts))]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 30
+        while app.state.service.batcher.small.qsize() < len(texts) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        passes_before = gate.passes
+        backend.release.set()
+        for t in [holder, *threads]:
+            t.join()
+        passes = gate.passes - passes_before - 1  # the held pass ends after the release
+    expected = Predictor.load(person_model).predict(texts)
+    one_call = count_passes(person_model, texts)
+    assert 1 < one_call < len(texts)
+    assert passes == one_call, "the twelve requests ran as one predict call over all their texts"
+    for i, text in enumerate(texts):
+        assert answers[i]["entities"] == [[e.model_dump() for e in expected[i]]], text
+
+
 def test_demo_page_is_served(client: TestClient):
     page = client.get("/")
     assert page.status_code == 200 and "Find entities" in page.text and "/predict" in page.text
@@ -113,8 +197,10 @@ def test_demo_page_is_served(client: TestClient):
 
 
 @pytest.fixture
-def registry_with_two_versions(tmp_path: Path, person_model: Path, location_model: Path) -> str:
+def registry_with_two_versions(tmp_path: Path, person_model: Path, location_model: Path, monkeypatch) -> str:
     from ner_pipeline import registry
+
+    monkeypatch.chdir(tmp_path)  # a run without an experiment logs its model under ./mlruns: not in the checkout
 
     uri = f"sqlite:///{tmp_path}/registry.db"  # not MLflow's default file name, so nothing finds it by accident
     cfg = RegistryConfig(model_name="ner-serve")
@@ -177,7 +263,8 @@ def test_live_service_serves_production_and_picks_up_a_promotion_without_failing
     base, uri, log = live_server
     key = {"X-API-Key": "k3y"}
     assert httpx.get(f"{base}/health").json() == {"status": "ok"}
-    assert httpx.get(f"{base}/model").json()["version"] == "1"
+    assert httpx.get(f"{base}/model").status_code == 401
+    assert httpx.get(f"{base}/model", headers=key).json()["version"] == "1"
     first = httpx.post(f"{base}/predict", json={"texts": ["Paris"]}, headers=key).json()
     assert first["model"] == "ner-serve/1" and first["entities"][0][0]["label"] == "PER"
     assert httpx.post(f"{base}/predict", json={"texts": ["Paris"]}).status_code == 401
@@ -233,7 +320,7 @@ def test_polling_swaps_in_the_version_the_alias_moved_to(person_model: Path, loc
 
     settings = ServeConfig(reload_poll_seconds=0.2)
     app = create_app(settings, loader=loader, current_version=lambda: alias_points_at["version"])
-    with TestClient(app) as client:
+    with ready_client(app) as client:
         assert client.post("/predict", json={"texts": ["Paris"]}).json()["entities"][0][0]["label"] == "PER"
         alias_points_at["version"] = "2"
         deadline = time.monotonic() + 30
@@ -263,7 +350,7 @@ def test_a_failed_reload_keeps_serving_and_the_next_poll_swaps_and_frees_the_old
     app = create_app(
         ServeConfig(reload_poll_seconds=0.2), loader=loader, current_version=lambda: alias_points_at["version"]
     )
-    with TestClient(app) as client:
+    with ready_client(app) as client:
         alias_points_at["version"] = "2"
         deadline = time.monotonic() + 30
         while client.get("/model").json()["version"] != "2" and time.monotonic() < deadline:

@@ -7,7 +7,10 @@ import pytest
 from ner_pipeline.errors import DataError
 from ner_pipeline.spans import (
     Span,
+    TagColumn,
     check_tag,
+    describe_i_start,
+    entity_starts,
     entity_type,
     entity_types,
     extract_spans,
@@ -109,3 +112,50 @@ def test_extract_spans_reads_entities_as_seqeval_scores_them():
 
     tags = ["I-LOC", "I-PER", "O", "B-ORG", "I-ORG", "I-ORG", "B-ORG", "I-MISC", "O", "I-MISC"]
     assert [(s.label, s.start, s.end - 1) for s in extract_spans(tags)] == get_entities(tags)
+
+
+@pytest.mark.parametrize("bad", ["B-ORG\u00a0", "B-\u200bORG", "O\u00a0", "I-PER\ufeff", "B-ORG\t", "B-OR G"])
+def test_check_tag_refuses_invisible_characters_in_a_tag(bad: str):
+    with pytest.raises(DataError, match=r"^a\.txt line 2: tag .* contains .* \(U\+[0-9A-F]{4}\); remove it"):
+        check_tag(bad, "a.txt line 2")
+
+
+def test_tag_column_refuses_a_column_of_chunk_tags_only():
+    column = TagColumn()
+    for i, tag in enumerate(["B-NP", "O", "B-VP", "B-PP", "I-NP", "B-SBAR"]):
+        column.add(tag, f"a.txt line {i + 1}")
+    with pytest.raises(DataError, match=r"^a\.txt line 1: tag 'B-NP' is a phrase-chunk tag: .* \(NP, PP, SBAR, VP\)"):
+        column.close()
+    mixed = TagColumn()
+    for tag in ["B-NP", "B-PER"]:
+        mixed.add(tag, "b.txt")
+    mixed.close()  # a real type among them: an NER column
+    TagColumn().close()  # no entities at all: nothing to say
+
+
+def test_tag_column_checks_every_tag_it_is_given():
+    column = TagColumn()
+    column.add("B-PER", "a.txt line 1")
+    with pytest.raises(DataError, match=r"^a\.txt line 2: tag 'X-PER'"):
+        column.add("X-PER", "a.txt line 2")
+
+
+@pytest.mark.parametrize(
+    ("tags", "first_i", "b_start"),
+    [
+        (["B-PER", "I-PER", "O", "B-LOC"], None, True),  # IOB2
+        (["I-PER", "I-PER", "O", "I-LOC"], 0, False),  # IOB1
+        (["I-LOC", "B-LOC", "O"], 0, False),  # IOB1's B- between two LOC entities is not a start
+        (["B-PER", "O", "I-LOC"], 2, True),  # a mix
+        (["B-PER", "I-LOC"], 1, True),  # I- of another type starts an entity
+        (["O", "O"], None, False),
+    ],
+)
+def test_entity_starts_tell_iob1_from_iob2(tags: list[str], first_i: int | None, b_start: bool):
+    assert entity_starts(tags) == (first_i, b_start)
+
+
+def test_describe_i_start_says_what_comes_before():
+    assert describe_i_start(["I-PER"], 0) == "I-PER at the start of a sentence"
+    assert describe_i_start(["O", "I-PER"], 1) == "I-PER after O"
+    assert describe_i_start(["B-LOC", "I-PER"], 1) == "I-PER after B-LOC"

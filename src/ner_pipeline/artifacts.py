@@ -1,11 +1,16 @@
-"""Content-addressed, atomically written stage artifacts.
+"""Content-addressed, atomically written, verified stage artifacts.
 
 Each stage writes to `<root>/<stage>/<key>/`, where the key hashes the stage name, a stage version constant, the
-stage's config and the keys of its upstream artifacts. A build is written into a hidden temporary folder and
-renamed into place with its `manifest.json` already inside, so a folder at the final path is always complete; a
-killed build leaves only a hidden temporary folder, which is never served and is cleaned by the next build of the
-same key. An exclusive file lock per key makes concurrent builds of one key (overlapping scheduled runs) end with
-one artifact: the second waits and then returns the first's result.
+stage's config, the keys of its upstream artifacts, and the fingerprints of the code and the versions of the
+libraries that decide the stage's output (`ner_pipeline.lineage`). The manifest records that lineage and each
+file's size and sha256; a lookup checks the files before reuse and removes a damaged artifact, with a warning
+naming the file, so it is rebuilt instead of served (`ner_pipeline.integrity`).
+
+A build is written into a hidden temporary folder and renamed into place with its `manifest.json` already inside,
+so a folder at the final path is always complete; a killed build leaves only a hidden temporary folder, which is
+never served and is cleaned by the next build of the same key. An exclusive file lock per key makes concurrent
+builds of one key (overlapping scheduled runs) end with one artifact: the second waits and then returns the
+first's result.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ from pydantic import BaseModel
 
 from ner_pipeline import __version__
 from ner_pipeline.errors import ArtifactError
+from ner_pipeline.integrity import NO_RECORDS, VerifyMode, check_files, file_records
+from ner_pipeline.lineage import stage_lineage
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +67,11 @@ class Artifact:
     def created(self) -> str:
         return self.manifest.get("created", "")
 
+    @property
+    def lineage(self) -> dict[str, Any] | None:
+        """Code fingerprints and library versions the artifact was built with (None: an older manifest)."""
+        return self.manifest.get("lineage")
+
 
 def _canonical(value: Any) -> Any:
     if isinstance(value, BaseModel):
@@ -73,27 +85,37 @@ def _canonical(value: Any) -> Any:
     return value
 
 
+# The lineage that went into each key computed in this process, for the manifest of the artifact built under it.
+_KEY_LINEAGE: dict[str, dict[str, Any]] = {}
+
+
 def artifact_key(stage: str, version: str, config: Any, inputs: Mapping[str, str] | None = None) -> str:
     """Return the content address of a stage output.
 
     Args:
         stage: Stage name, e.g. "tokenize".
-        version: The stage's version constant; bump it when the stage's output format or logic changes.
+        version: The stage's version constant; bump it when the stage's output format changes.
         config: The stage's config section (pydantic model or JSON-able mapping) plus anything else that
             decides the output, such as the base model reference or source file hashes.
         inputs: Upstream artifact keys by stage name.
 
     Returns:
-        A hex digest of KEY_LENGTH characters.
+        A hex digest of KEY_LENGTH characters. Besides the arguments it hashes the stage's lineage: the
+        fingerprints of the code and the versions of the libraries that decide its output (see `lineage`).
     """
+    canonical = _canonical(config)
+    lineage = stage_lineage(stage, canonical)
     payload = {
         "stage": stage,
         "version": version,
-        "config": _canonical(config),
+        "config": canonical,
         "inputs": dict(sorted((inputs or {}).items())),
+        "lineage": lineage,
     }
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:KEY_LENGTH]
+    key = hashlib.sha256(text.encode()).hexdigest()[:KEY_LENGTH]
+    _KEY_LINEAGE[key] = lineage
+    return key
 
 
 def hash_files(paths: list[Path]) -> str:
@@ -124,16 +146,22 @@ def folder_size(path: Path) -> int:
 
 
 class ArtifactStore:
-    """Stage artifacts below one root folder."""
+    """Stage artifacts below one root folder.
 
-    def __init__(self, root: str | Path) -> None:
+    Args:
+        root: The cache folder.
+        verify: How a lookup checks an artifact's files before reuse: "sha256" (every byte) or "size".
+    """
+
+    def __init__(self, root: str | Path, verify: VerifyMode = "sha256") -> None:
         self.root = Path(root)
+        self.verify: VerifyMode = verify
 
     def path(self, stage: str, key: str) -> Path:
         return self.root / stage / key
 
-    def get(self, stage: str, key: str) -> Artifact | None:
-        """Return the complete artifact for `key`, or None when there is none."""
+    def read(self, stage: str, key: str) -> Artifact | None:
+        """Return the complete artifact for `key` as its manifest describes it, without checking its files."""
         folder = self.path(stage, key)
         manifest_path = folder / MANIFEST
         if not manifest_path.is_file():
@@ -143,6 +171,57 @@ class ArtifactStore:
         except (OSError, json.JSONDecodeError) as exc:
             raise ArtifactError(f"{manifest_path}: unreadable manifest ({exc}); delete the folder to rebuild") from exc
         return Artifact(stage=stage, key=key, path=folder, manifest=manifest, cached=True)
+
+    def get(self, stage: str, key: str) -> Artifact | None:
+        """Return the complete, intact artifact for `key`, or None when there is none.
+
+        A damaged artifact (a file missing, truncated or overwritten, or a manifest without file hashes) is
+        removed with a WARNING naming the files, so the caller rebuilds it instead of serving it.
+        """
+        return self._intact(self.read(stage, key), locked=False)
+
+    def damage(self, artifact: Artifact, mode: VerifyMode | None = None) -> list[str]:
+        """What is wrong with an artifact's files, one line per file; empty when it is intact."""
+        return check_files(artifact.path, artifact.manifest.get("files"), mode or self.verify)
+
+    def _intact(self, artifact: Artifact | None, locked: bool) -> Artifact | None:
+        if artifact is None:
+            return None
+        problems = self.damage(artifact)
+        if not problems:
+            return artifact
+        verdict = "cannot be verified" if problems == [NO_RECORDS] else "is damaged"
+        reasons = "; ".join(problems)
+        logger.warning("%s: artifact %s %s, rebuilding it: %s", artifact.stage, artifact.key, verdict, reasons)
+        if locked:
+            self._discard_locked(artifact)
+        else:
+            self.discard(artifact)
+        return None
+
+    def discard(self, artifact: Artifact) -> bool:
+        """Remove an artifact that must not be reused (damaged, or a record that no longer holds), so the next
+        `build` of its key makes a new one.
+
+        Only that very artifact goes: under the key's build lock, and only when the folder still holds the
+        manifest read (same `created`), so a fresh one written meanwhile by another run stays. It is moved aside
+        in one rename, so readers see the whole artifact or none.
+
+        Returns:
+            Whether it was removed.
+        """
+        with self._lock(artifact.stage, artifact.key):
+            return self._discard_locked(artifact)
+
+    def _discard_locked(self, artifact: Artifact) -> bool:
+        current = self.read(artifact.stage, artifact.key)
+        if current is None or current.created != artifact.created:
+            return False
+        trash = current.path.with_name(f".trash-{artifact.key}-{uuid.uuid4().hex[:8]}")
+        os.rename(current.path, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+        logger.info("%s: discarded %s", artifact.stage, artifact.key)
+        return True
 
     def require(self, stage: str, key: str) -> Artifact:
         """Return the artifact for `key` or raise naming what is missing."""
@@ -213,7 +292,7 @@ class ArtifactStore:
             logger.info("%s: cache hit %s (%s)", stage, key, existing.path)
             return existing
         with self._lock(stage, key):
-            existing = self.get(stage, key)
+            existing = self._intact(self.read(stage, key), locked=True)
             if existing is not None:  # another process finished it while we waited
                 logger.info("%s: built concurrently by another run, reusing %s", stage, existing.path)
                 return existing
@@ -243,6 +322,7 @@ class ArtifactStore:
         started = time.monotonic()
         try:
             stats = dict(producer(tmp))
+            files = file_records(tmp, exclude=(MANIFEST,))
             manifest = {
                 "stage": stage,
                 "key": key,
@@ -252,6 +332,8 @@ class ArtifactStore:
                 "stats": stats,
                 "duration_s": round(time.monotonic() - started, 3),
                 "package_version": __version__,
+                "lineage": _KEY_LINEAGE.get(key) or stage_lineage(stage),
+                "files": files,
             }
             write_json_atomic(tmp / MANIFEST, manifest)
             os.rename(tmp, self.path(stage, key))
@@ -269,7 +351,7 @@ class ArtifactStore:
             for folder in stage_dir.iterdir():
                 if folder.name.startswith("."):
                     continue
-                artifact = self.get(stage_dir.name, folder.name)
+                artifact = self.read(stage_dir.name, folder.name)
                 if artifact is not None:
                     found.append(artifact)
         return sorted(found, key=lambda a: a.created)
@@ -284,59 +366,25 @@ class ArtifactStore:
         Returns:
             The artifacts removed (or that would be, with dry_run).
         """
-        if keep_last < 0:
-            raise ArtifactError(f"--keep-last must be >= 0 (got {keep_last})")
-        everything = self.list()
-        keep: set[str] = set(protected or set())
-        by_stage: dict[str, list[Artifact]] = {}
-        for artifact in everything:
-            by_stage.setdefault(artifact.stage, []).append(artifact)
-        for artifacts in by_stage.values():
-            keep.update(a.key for a in artifacts[len(artifacts) - keep_last :] if keep_last)
-        by_key = {a.key: a for a in everything}
-        frontier = list(keep)
-        while frontier:  # keep the lineage of whatever is kept
-            artifact = by_key.get(frontier.pop())
-            for upstream in artifact.inputs.values() if artifact else []:
-                if upstream not in keep:
-                    keep.add(upstream)
-                    frontier.append(upstream)
-        removed = [a for a in everything if a.key not in keep]
-        for artifact in removed if not dry_run else []:
-            trash = artifact.path.with_name(f".trash-{artifact.key}-{uuid.uuid4().hex[:8]}")
-            os.rename(artifact.path, trash)  # vanish atomically, then delete at leisure
-            shutil.rmtree(trash, ignore_errors=True)
-            logger.info("pruned %s/%s", artifact.stage, artifact.key)
-        if not dry_run:
-            self.remove_leftovers()
-        return removed
+        from ner_pipeline.pruning import prune
+
+        return prune(self, keep_last, protected, dry_run)
+
+    def prune_stale(self, protected: set[str] | None = None, dry_run: bool = False) -> list[Artifact]:
+        """Delete the artifacts the installed code and libraries would not build again; `protected` keys and
+        their lineage stay (see `pruning.prune_stale`)."""
+        from ner_pipeline.pruning import prune_stale
+
+        return prune_stale(self, protected, dry_run)
 
     def remove_leftovers(self) -> list[Path]:
-        """Delete what killed builds left behind and nobody is working on: temporary build folders, and work
-        folders (training checkpoints) of keys whose artifact is complete. The work folder of an unfinished key
-        stays, so its training can still resume.
+        """Delete what killed builds left behind and nobody is working on (see `pruning.remove_leftovers`)."""
+        from ner_pipeline.pruning import remove_leftovers
 
-        Returns:
-            The folders removed.
-        """
-        removed: list[Path] = []
-        for stage_dir in (p for p in self.root.iterdir() if p.is_dir()) if self.root.is_dir() else []:
-            for folder in [*stage_dir.glob(".tmp-*"), *stage_dir.glob(".trash-*"), *stage_dir.glob(".work-*")]:
-                kind, _, rest = folder.name.partition("-")
-                # .tmp-<key>-<pid>-<hex>, .trash-<key>-<hex>, .work-<key>
-                key = rest if kind == ".work" else rest.rsplit("-", 2 if kind == ".tmp" else 1)[0]
-                if kind == ".work" and self.get(stage_dir.name, key) is None:
-                    continue  # resumable
-                lock = "work" if kind == ".work" else "build"
-                with self._try_lock(stage_dir.name, key, lock) as free:
-                    if free:
-                        shutil.rmtree(folder, ignore_errors=True)
-                        removed.append(folder)
-                        logger.info("removed leftover %s", folder)
-        return removed
+        return remove_leftovers(self)
 
     @contextmanager
-    def _try_lock(self, stage: str, key: str, purpose: str) -> Iterator[bool]:
+    def try_lock(self, stage: str, key: str, purpose: str) -> Iterator[bool]:
         """Like `_lock`, but yields False at once when another process holds the lock."""
         with self._lock_file(stage, key, purpose).open("w") as handle:
             try:

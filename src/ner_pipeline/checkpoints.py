@@ -1,7 +1,8 @@
-"""Training checkpoints: which ones a killed run left complete, the one to resume from, and what it had done.
+"""Training checkpoints: which ones a killed run left complete, the one to resume from, and what it had done; and
+whether the weights a finished run saved are all there.
 
-The train stage keeps them in a persistent work folder of the artifact store, so a run that dies resumes from the
-newest complete checkpoint when the stage runs again with the same inputs.
+The train stage keeps checkpoints in a persistent work folder of the artifact store, so a run that dies resumes from
+the newest complete checkpoint when the stage runs again with the same inputs.
 """
 
 from __future__ import annotations
@@ -11,8 +12,12 @@ import logging
 import shutil
 from pathlib import Path
 
+from ner_pipeline.errors import ArtifactError
+
 logger = logging.getLogger(__name__)
 
+WEIGHTS = "model.safetensors"
+WEIGHTS_INDEX = "model.safetensors.index.json"  # what save_pretrained writes instead when it shards the weights
 # Written last by Trainer._save_checkpoint: a checkpoint folder without it was cut short by a kill.
 TRAINER_STATE = "trainer_state.json"
 
@@ -46,3 +51,33 @@ def tokens_seen(checkpoint: str | Path) -> int:
     """The non-padding input tokens the run had trained on when it wrote `checkpoint`."""
     saved = json.loads((Path(checkpoint) / TRAINER_STATE).read_text(encoding="utf-8"))
     return int(saved.get("num_input_tokens_seen", 0))
+
+
+def check_saved_weights(model_dir: Path) -> None:
+    """Check that `save_pretrained` left complete safetensors weights in `model_dir` (one file, or every shard).
+
+    Reading each file's header catches a missing, empty or truncated file (safetensors checks that the header's
+    tensors fit in the file) without loading the weights.
+
+    Raises:
+        ArtifactError: names the file and what is wrong with it.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    index = model_dir / WEIGHTS_INDEX
+    names = (
+        sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        if index.is_file()
+        else [WEIGHTS]
+    )
+    for name in names:
+        path = model_dir / name
+        problem = "missing" if not path.is_file() else "empty" if path.stat().st_size == 0 else None
+        if problem is None:
+            try:
+                with safe_open(str(path), framework="pt") as weights:
+                    problem = None if list(weights.keys()) else "without tensors"
+            except SafetensorError as exc:
+                problem = f"unreadable ({exc})"
+        if problem is not None:
+            raise ArtifactError(f"{path}: {problem} after saving the model; the train artifact was not written")

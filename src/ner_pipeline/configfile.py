@@ -14,6 +14,9 @@ same keys. Two data folders written alike differ in the ingest key by the hash o
 
 from __future__ import annotations
 
+import ast
+import functools
+import importlib.util
 import re
 from pathlib import Path
 from typing import Any, Self
@@ -167,3 +170,26 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             delta = {part: delta}
         result = merge_dicts(result, delta)
     return result
+
+
+@functools.cache
+def max_export_opset() -> int | None:
+    """The highest ONNX opset the installed exporter writes; None when torch is missing or does not say.
+
+    optimum-onnx exports through torch.onnx's TorchScript exporter (`dynamo=False`), which only warns above its
+    ceiling and then writes a graph ONNX Runtime may reject. The ceiling is read from torch/onnx/_constants.py
+    without importing torch (1-2 s), so loading a config stays cheap.
+    """
+    spec = importlib.util.find_spec("torch")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    constants = Path(next(iter(spec.submodule_search_locations))) / "onnx" / "_constants.py"
+    try:
+        tree = ast.parse(constants.read_text(encoding="utf-8"))
+    except (OSError, SyntaxError):
+        return None
+    for node in tree.body:
+        names = {getattr(t, "id", None) for t in getattr(node, "targets", ())}
+        if "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET" in names and isinstance(node.value, ast.Constant):
+            return int(node.value.value)
+    return None

@@ -46,3 +46,7 @@ class ExportError(NerPipelineError):
 
 class PredictError(NerPipelineError):
     """Bad input to the predictor."""
+
+
+class TrainingError(NerPipelineError):
+    """Training produced no usable model (its loss or weights turned NaN/inf): nothing is saved or cached."""

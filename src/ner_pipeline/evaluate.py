@@ -227,7 +227,16 @@ def predict_split(predictor: Any, tokens: list[list[str]], doc_ids: Sequence[int
         for i in range(len(tokens)):
             before, after = document_neighbours(doc_ids, i)
             contexts.append(([w for b in before for w in tokens[b]], [w for a in after for w in tokens[a]]))
-    return predictor.predict_words(tokens, contexts=contexts)
+    from tqdm.auto import tqdm
+
+    step = 256  # sentences per call: a progress bar that moves, and the predictor still fills its batches
+    tags: Tags = []
+    with tqdm(total=len(tokens), desc="evaluate", unit="sent", mininterval=2, leave=False) as bar:
+        for start in range(0, len(tokens), step):
+            chunk = contexts[start : start + step] if contexts is not None else None
+            tags += predictor.predict_words(tokens[start : start + step], contexts=chunk)
+            bar.update(len(tokens[start : start + step]))
+    return tags
 
 
 def score_splits(
@@ -291,12 +300,18 @@ def run_evaluate(
 
 
 def evaluate_model(
-    model_dir: Path, sentences_by_split: Mapping[str, Sequence[Any]], cfg: EvaluateConfig, out_dir: Path
+    model_dir: Path,
+    sentences_by_split: Mapping[str, Sequence[Any]],
+    cfg: EvaluateConfig,
+    out_dir: Path,
+    backend: str = "torch",
+    onnx_dir: Path | None = None,
 ) -> EvalReport:
     """Score a model folder on labelled sentences from any source and write the report files to `out_dir`.
 
     Args:
         model_dir: A model folder written by the train stage (or downloaded from the registry).
+        backend, onnx_dir: What runs it (`Predictor.load`); a registered version ships only the variant it serves.
         sentences_by_split: Split name → `readers.Sentence` objects (see `ingest.read_evaluation_data`) or
             `(tokens, tags)` pairs with IOB2 tags. errors.jsonl and the plots describe the last split.
         cfg: Batch size, bootstrap samples and seed, number of sentences in errors.jsonl.
@@ -315,7 +330,7 @@ def evaluate_model(
     splits = {name: split for name, split in splits.items() if split.tokens}
     if not splits:
         raise DataError(f"nothing to evaluate: no sentences in splits {sorted(sentences_by_split)}")
-    predictor = Predictor.load(Path(model_dir), batch_size=cfg.batch_size)
+    predictor = Predictor.load(Path(model_dir), backend=backend, onnx_dir=onnx_dir, batch_size=cfg.batch_size)  # type: ignore[arg-type]
     report, pred = score_splits(predictor, splits, cfg, str(model_dir))
     last = splits[list(splits)[-1]]
     write_report(report, Path(out_dir), last.tokens, last.gold, pred, cfg)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,8 @@ import numpy as np
 from ner_pipeline.artifacts import Artifact, ArtifactStore, artifact_key, write_json_atomic
 from ner_pipeline.config import ExportConfig
 from ner_pipeline.errors import ExportError
-from ner_pipeline.predict import PARITY_FILE
-from ner_pipeline.tokenize import PREPROCESSING_FILE
+from ner_pipeline.predict import PARITY_FILE, accepted_variants, pad_batch
+from ner_pipeline.preprocessing import PREPROCESSING_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -98,8 +99,17 @@ REDUCE_RANGE = {"avx2": True, "avx512": True, "avx512_vnni": False, "arm64": Fal
 QUANTIZED_OPS = ["MatMul", "Attention"]
 
 
-def quantize_onnx(folder: Path, target: str) -> Path:
+def quantize_onnx(
+    folder: Path,
+    target: str,
+    ops: Sequence[str] = tuple(QUANTIZED_OPS),
+    reduce_range: bool | None = None,
+    out: Path | None = None,
+) -> Path:
     """Dynamic int8 quantization for the target instruction set, of the graph-optimized model when there is one.
+
+    `ops` and `reduce_range` (None: the target's) default to the settings bench/infer.py chose on validation; the
+    benchmark passes its candidates, and `out` (default: the folder's model_quantized.onnx) to keep them apart.
 
     Raises:
         ExportError: an unknown target.
@@ -112,14 +122,14 @@ def quantize_onnx(folder: Path, target: str) -> Path:
     source = folder / VARIANTS["onnx-optimized"]
     if not source.is_file():
         source = folder / VARIANTS["onnx"]
-    out = folder / VARIANTS["onnx-int8"]
+    out = out or folder / VARIANTS["onnx-int8"]
     quantize_dynamic(
         str(source),
         str(out),
-        op_types_to_quantize=QUANTIZED_OPS,
+        op_types_to_quantize=list(ops),
         per_channel=True,
         weight_type=QuantType.QInt8,
-        reduce_range=REDUCE_RANGE[target],
+        reduce_range=REDUCE_RANGE[target] if reduce_range is None else reduce_range,
         # The fused contrib ops (Attention, SkipLayerNorm) defeat ONNX shape inference; their outputs are fp32.
         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
     )
@@ -130,8 +140,9 @@ def parity(
     model_dir: Path, folder: Path, variants: list[str], sentences: list[list[str]], gold: list[list[str]]
 ) -> dict[str, Any]:
     """Compare each ONNX variant with PyTorch: max |logit difference| over windows and entity F1 delta."""
+    from ner_pipeline.backends import OnnxBackend
     from ner_pipeline.evaluate import entity_scores
-    from ner_pipeline.predict import OnnxBackend, Predictor
+    from ner_pipeline.predict import Predictor
 
     reference = Predictor.load(model_dir, backend="torch")
     windows = _probe_windows(reference, sentences)
@@ -152,28 +163,44 @@ def parity(
 
 def _probe_windows(predictor: Any, sentences: list[list[str]], batch: int = 32) -> list[tuple[np.ndarray, np.ndarray]]:
     """Padded batches of the validation windows, as the predictor would build them."""
-    from ner_pipeline.tokenize import encode_words
-
-    seqs = [w.input_ids for s in sentences for w in encode_words(s, predictor.tokenizer, predictor.prep)]
-    out = []
-    for b in range(0, len(seqs), batch):
-        chunk = seqs[b : b + batch]
-        width = max(len(s) for s in chunk)
-        ids = np.full((len(chunk), width), predictor.pad_id, dtype=np.int64)
-        mask = np.zeros_like(ids)
-        for row, s in enumerate(chunk):
-            ids[row, : len(s)] = s
-            mask[row, : len(s)] = 1
-        out.append((ids, mask))
-    return out
+    seqs = [w.input_ids for s in sentences for w in predictor.encoder.encode(s)]
+    return [pad_batch(seqs[b : b + batch], predictor.pad_id) for b in range(0, len(seqs), batch)]
 
 
 def serving_default(report: dict[str, Any]) -> str:
     """The fastest accepted variant: int8, then the optimized graph, then plain ONNX, else PyTorch."""
-    for name in ("onnx-int8", "onnx-optimized", "onnx"):
-        if report.get(name, {}).get("accepted"):
-            return name
-    return "torch"
+    accepted = accepted_variants(report)
+    return next((name for name in ("onnx-int8", "onnx-optimized", "onnx") if name in accepted), "torch")
+
+
+def build_variants(cfg: ExportConfig, model_dir: Path, folder: Path) -> tuple[list[str], str]:
+    """Write the configured ONNX variants into `folder`; return their names and the int8 instruction set."""
+    export_onnx(model_dir, folder, cfg.opset)
+    variants = ["onnx"]
+    if cfg.optimize:
+        optimize_onnx(folder)
+        variants.append("onnx-optimized")
+    target = quantization_target(cfg.quantization)
+    if cfg.quantize:
+        quantize_onnx(folder, target)
+        variants.append("onnx-int8")
+    return variants, target
+
+
+def judge_parity(report: dict[str, Any], variants: list[str], f1_tolerance: float) -> None:
+    """Mark each variant accepted or rejected (F1 within the tolerance of PyTorch's) and name its file."""
+    for name in variants:
+        row = report[name]
+        row["accepted"] = row["f1_delta"] >= -f1_tolerance
+        row["file"] = VARIANTS[name]
+        if not row["accepted"]:
+            logger.warning(
+                "%s rejected: F1 falls by %.2f points (tolerance %.2f)",
+                name,
+                -row["f1_delta"] * 100,
+                f1_tolerance * 100,
+            )
+    report["default"] = serving_default(report)
 
 
 def run_export(
@@ -186,43 +213,20 @@ def run_export(
     model_dir = train_artifact.path / "model"
 
     def produce(folder: Path) -> dict[str, Any]:
-        export_onnx(model_dir, folder, cfg.opset)
-        variants = ["onnx"]
-        if cfg.optimize:
-            optimize_onnx(folder)
-            variants.append("onnx-optimized")
-        target = quantization_target(cfg.quantization)
-        if cfg.quantize:
-            quantize_onnx(folder, target)
-            variants.append("onnx-int8")
+        variants, target = build_variants(cfg, model_dir, folder)
         validation = load_splits(ingest_artifact)["validation"]
         limit = cfg.parity_sentences or len(validation)
         names = read_labels(ingest_artifact)
         sentences = validation["tokens"][:limit]
         gold = [[names[i] for i in row] for row in validation["ner_tags"][:limit]]
         report = parity(model_dir, folder, variants, sentences, gold)
-        for name in variants:
-            row = report[name]
-            row["accepted"] = row["f1_delta"] >= -cfg.f1_tolerance
-            row["file"] = VARIANTS[name]
-            if not row["accepted"]:
-                logger.warning(
-                    "%s rejected: F1 falls by %.2f points (tolerance %.2f)",
-                    name,
-                    -row["f1_delta"] * 100,
-                    cfg.f1_tolerance * 100,
-                )
-        report["default"] = serving_default(report)
+        judge_parity(report, variants, cfg.f1_tolerance)
         report["quantization_target"] = target
         report["sentences"] = len(sentences)
         write_json_atomic(folder / PARITY_FILE, report)
         logger.info("export: serving default %s", report["default"])
-        flat = {
-            f"{n}_{k}": v
-            for n in variants
-            for k, v in report[n].items()
-            if k in ("max_abs_logit_diff", "f1", "f1_delta")
-        }
+        numbers = ("max_abs_logit_diff", "f1", "f1_delta")
+        flat = {f"{n}_{k}": v for n in variants for k, v in report[n].items() if k in numbers}
         return {**flat, "torch_f1": report["torch"]["f1"], "default": report["default"], "quantization_target": target}
 
     return store.build(

@@ -22,6 +22,7 @@ from ner_pipeline.artifacts import Artifact, ArtifactStore, artifact_key, hash_f
 from ner_pipeline.config import DataConfig
 from ner_pipeline.errors import DataError
 from ner_pipeline.readers import SPLITS, Sentence, read_file
+from ner_pipeline.schemes import SchemeFinding, check_scheme, check_split, log_scheme, scheme_summary
 from ner_pipeline.sources import evaluation_source, read_source, source_files
 from ner_pipeline.spans import entity_types, extract_spans, label_list, to_iob2
 
@@ -29,6 +30,9 @@ logger = logging.getLogger(__name__)
 
 STAGE = "ingest"
 VERSION = "1"
+# Left out of the key: it decides only whether ingest accepts the input, never what the dataset holds (see
+# `check_scheme`, which holds a stored artifact to the declared scheme instead).
+NOT_IN_KEY = {"scheme"}
 
 
 # --- normalising ---------------------------------------------------------------------------------------------
@@ -50,26 +54,39 @@ def _origins(origins: Mapping[str, str] | str) -> Mapping[str, str]:
 
 
 def normalise(
-    splits: Mapping[str, list[Sentence]], origins: Mapping[str, str] | str, names: Sequence[str] = SPLITS
-) -> tuple[dict[str, list[Sentence]], dict[str, int]]:
-    """Convert every split to IOB2 and count the changed tags per split.
+    splits: Mapping[str, list[Sentence]],
+    origins: Mapping[str, str] | str,
+    names: Sequence[str] = SPLITS,
+    scheme: str = "auto",
+) -> tuple[dict[str, list[Sentence]], dict[str, int], dict[str, SchemeFinding]]:
+    """Check every split against the declared scheme, convert it to IOB2 and count the changed tags per split.
+
+    Whatever `scheme` accepts the input, the output is the same (`spans.to_iob2`); the scheme decides only
+    whether an I-start is an error (iob2), expected (iob1) or read off the data (auto).
 
     Args:
         splits: Sentences per split, tags as read.
         origins: Where each split came from (file path), or one description for all, for error messages.
         names: The splits to convert; each must hold sentences.
+        scheme: The declared `data.scheme`.
+
+    Returns:
+        IOB2 sentences, tags changed and the detected scheme, per split.
 
     Raises:
-        DataError: a split is empty; names its file.
+        DataError: a split is empty (names its file), or an I-start in data declared iob2 (names file and line).
     """
     where = _origins(origins)
     out: dict[str, list[Sentence]] = {}
     changes: dict[str, int] = {}
+    findings: dict[str, SchemeFinding] = {}
     for split in names:
         if not splits.get(split):
             raise DataError(f"{where[split]}: the {split} split is empty (no sentences)")
+        findings[split] = check_split(splits[split], scheme)
         out[split], changes[split] = to_iob2_sentences(splits[split])
-    return out, changes
+    log_scheme(scheme_summary(findings), changes, scheme)
+    return out, changes, findings
 
 
 def _types(sentences: Iterable[Sentence]) -> set[str]:
@@ -101,11 +118,13 @@ def check_label_coverage(splits: Mapping[str, list[Sentence]], origins: Mapping[
     return label_list(sorted(train_types))
 
 
-def compute_stats(splits: Mapping[str, list[Sentence]], changes: Mapping[str, int], scheme: str) -> dict[str, Any]:
+def compute_stats(
+    splits: Mapping[str, list[Sentence]], changes: Mapping[str, int], findings: Mapping[str, SchemeFinding]
+) -> dict[str, Any]:
     """Sentences, tokens, documents, entities per type and tags changed by the IOB2 conversion, per split.
 
-    With `scheme` "iob1" the changes are the expected conversion (`iob1_conversions`); otherwise they mend broken
-    input (`repairs`).
+    In a split detected as IOB1 the changes are the expected conversion (`iob1_conversions`); otherwise they mend
+    broken input (`repairs`). The scheme found goes to `stats["scheme"]` (see `scheme_summary`).
     """
     stats: dict[str, Any] = {}
     for split, sentences in splits.items():
@@ -115,9 +134,14 @@ def compute_stats(splits: Mapping[str, list[Sentence]], changes: Mapping[str, in
             "tokens": sum(len(s.tokens) for s in sentences),
             "documents": len({s.document_id for s in sentences}),
             "entities": dict(sorted(entities.items())),
-            ("iob1_conversions" if scheme == "iob1" else "repairs"): changes[split],
+            _changed_name(findings[split]): changes[split],
         }
+    stats["scheme"] = scheme_summary(findings)
     return stats
+
+
+def _changed_name(finding: SchemeFinding) -> str:
+    return "iob1_conversions" if finding.detected == "iob1" else "repairs"
 
 
 def fingerprint(sentences: Iterable[Sentence]) -> str:
@@ -177,21 +201,26 @@ def ingest_key(cfg: DataConfig) -> str:
     """
     files = source_files(cfg)
     contents = hash_files(files) if files else None
-    return artifact_key(STAGE, VERSION, {"data": cfg, "files_sha256": contents})
+    return artifact_key(STAGE, VERSION, {"data": _keyed(cfg), "files_sha256": contents})
+
+
+def _keyed(cfg: DataConfig) -> dict[str, Any]:
+    return cfg.model_dump(mode="json", exclude=NOT_IN_KEY)
 
 
 def build_splits(cfg: DataConfig) -> tuple[dict[str, list[Sentence]], list[str], dict[str, Any]]:
     """Read, cap, normalise and check the source; return splits, labels and stats.
 
     Raises:
-        DataError: malformed input, an empty split, or validation/test types missing from train.
+        DataError: malformed input, an empty split, an I-start in data declared iob2, or validation/test types
+            missing from train.
     """
     raw, origins = read_source(cfg)
     if cfg.max_sentences:
         raw = {split: sentences[: cfg.max_sentences] for split, sentences in raw.items()}
-    splits, changes = normalise(raw, origins)
+    splits, changes, findings = normalise(raw, origins, scheme=cfg.scheme)
     labels = check_label_coverage(splits, origins)
-    stats = compute_stats(splits, changes, cfg.scheme)
+    stats = compute_stats(splits, changes, findings)
     stats["fingerprint"] = fingerprint(s for split in SPLITS for s in splits[split])
     stats["test_fingerprint"] = fingerprint(splits["test"])
     stats["labels"] = len(labels)
@@ -202,7 +231,8 @@ def run_ingest(cfg: DataConfig, store: ArtifactStore) -> Artifact:
     """Build (or reuse) the ingest artifact: `dataset/`, `labels.json`, `stats.json`.
 
     Raises:
-        DataError: see `build_splits`; nothing is written then.
+        DataError: see `build_splits`; nothing is written then. A cached artifact is held to `data.scheme` by
+            `check_scheme`.
     """
     key = ingest_key(cfg)
 
@@ -213,14 +243,11 @@ def run_ingest(cfg: DataConfig, store: ArtifactStore) -> Artifact:
         write_json_atomic(folder / "stats.json", stats)
         logger.info("ingested %s: %s", describe_source(cfg), {s: stats[s]["sentences"] for s in SPLITS})
         logger.info("labels: %s", labels)
-        if any(stats[s].get("repairs") for s in SPLITS):
-            logger.warning(
-                "repaired IOB2 tags (I- starting an entity): %s; set data.scheme=iob1 if the input is IOB1",
-                {s: stats[s].get("repairs") for s in SPLITS},
-            )
         return stats
 
-    return store.build(STAGE, key, produce, config=cfg)
+    artifact = store.build(STAGE, key, produce, config=_keyed(cfg))
+    check_scheme(cfg, artifact)
+    return artifact
 
 
 def load_splits(artifact: Artifact) -> Any:
@@ -264,8 +291,9 @@ def read_evaluation_data(data: str, cfg: DataConfig) -> dict[str, list[Sentence]
     path = Path(data)
     if path.is_file():
         return {"test": read_single_file(path)}
-    raw, origins = read_source(evaluation_source(data, cfg))
-    return normalise(raw, origins, names=("validation", "test"))[0]
+    source = evaluation_source(data, cfg)
+    raw, origins = read_source(source)
+    return normalise(raw, origins, names=("validation", "test"), scheme=source.scheme)[0]
 
 
 def stats_table(stats: Mapping[str, Any]) -> str:
@@ -276,13 +304,15 @@ def stats_table(stats: Mapping[str, Any]) -> str:
 
     splits = [s for s in SPLITS if s in stats]
     types = sorted({t for s in splits for t in stats[s]["entities"]})
-    changed = "iob1_conversions" if "iob1_conversions" in stats[splits[0]] else "repairs"
+    # Splits detected as IOB1 count conversions, the others repairs; a mix shows both names in one column.
+    names = sorted({n for s in splits for n in ("iob1_conversions", "repairs") if n in stats[s]})
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-    for i, name in enumerate(["split", "documents", "sentences", "tokens", *types, changed]):
+    for i, name in enumerate(["split", "documents", "sentences", "tokens", *types, "/".join(names)]):
         table.add_column(name, justify="right" if i else "left", no_wrap=True)
     for split in splits:
         row = [stats[split].get("documents", 0), stats[split]["sentences"], stats[split]["tokens"]]
-        row += [stats[split]["entities"].get(t, 0) for t in types] + [stats[split][changed]]
+        changed = next(stats[split][n] for n in names if n in stats[split])
+        row += [stats[split]["entities"].get(t, 0) for t in types] + [changed]
         table.add_row(split, *(f"{v:,}" if isinstance(v, int) else str(v) for v in row))
     out = io.StringIO()
     # Plain text as wide as the table needs: no colour, markup or emoji codes, no terminal width, no wrapping.

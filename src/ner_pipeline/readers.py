@@ -14,11 +14,11 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ner_pipeline.config import DataConfig
 from ner_pipeline.errors import DataError, SourceUnavailableError
-from ner_pipeline.spans import check_tag
+from ner_pipeline.spans import TagColumn
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +39,17 @@ class Sentence:
     document_id: int = 0
     position: int = 0
     origin: str = field(default="", compare=False)  # "file line N", for error messages
+    # Where each token was read, for errors about one tag: the file (or Hub dataset and split), the line of the
+    # first token (CoNLL, one token per line), of the record (JSON Lines) or the row number (Hub), and which.
+    source: str = field(default="", compare=False)
+    line: int = field(default=0, compare=False)
+    unit: Literal["line", "record", "row"] = field(default="line", compare=False)
+
+    def token_origin(self, index: int) -> str:
+        """Where token `index` was read: `data/train.txt line 14`, `a.jsonl line 3 token 2`, `... row 5 token 2`."""
+        if self.unit == "line":
+            return f"{self.source} line {self.line + index}"
+        return f"{self.source} {'line' if self.unit == 'record' else 'row'} {self.line} token {index}"
 
 
 # --- files -------------------------------------------------------------------------------------------------------
@@ -70,19 +81,22 @@ def read_conll(path: Path) -> list[Sentence]:
     (see `to_iob2`).
 
     Raises:
-        DataError: a line with one column, a tag that is not O/B-/I-, or bytes that are not UTF-8; names the line.
+        DataError: a line with one column, a tag that is not O/B-/I- (or holds an invisible character), a tag
+            column of phrase-chunk tags (B-NP, I-VP: the NER column is missing), or bytes that are not UTF-8;
+            names the line.
     """
     sentences: list[Sentence] = []
     tokens: list[str] = []
     tags: list[str] = []
     document, position, start_line = 0, 0, 1
     seen_docstart = False
+    column = TagColumn()
 
     def flush() -> None:
         nonlocal tokens, tags, position
         if tokens:
             origin = f"{path.name} line {start_line}"
-            sentences.append(Sentence(tokens, tags, document, position, origin))
+            sentences.append(Sentence(tokens, tags, document, position, origin, str(path), start_line))
             position += 1
         tokens, tags = [], []
 
@@ -101,16 +115,17 @@ def read_conll(path: Path) -> list[Sentence]:
             raise DataError(
                 f"{path} line {number}: expected at least 2 columns (token ... tag), got 1: {line.strip()!r}"
             )
-        check_tag(columns[-1], f"{path} line {number}")
+        column.add(columns[-1], f"{path} line {number}")
         if not tokens:
             start_line = number
         tokens.append(columns[0])
         tags.append(columns[-1])
     flush()
+    column.close()
     return sentences
 
 
-def _parse_jsonl_record(line: str, where: str) -> tuple[list[str], list[str], Any]:
+def _parse_jsonl_record(line: str, where: str, column: TagColumn) -> tuple[list[str], list[str], Any]:
     try:
         record = json.loads(line)
     except json.JSONDecodeError as exc:
@@ -125,8 +140,8 @@ def _parse_jsonl_record(line: str, where: str) -> tuple[list[str], list[str], An
     for i, token in enumerate(tokens):
         if not isinstance(token, str) or not token:
             raise DataError(f"{where}: token {i} is {token!r}; every token must be a non-empty string")
-    for tag in tags:
-        check_tag(tag, where)
+    for i, tag in enumerate(tags):
+        column.add(tag, f"{where} token {i}")
     document = record.get("document_id")
     if document is not None and (isinstance(document, bool) or not isinstance(document, int)):
         raise DataError(f"{where}: document_id must be an integer (got {document!r})")
@@ -139,20 +154,24 @@ def read_jsonl(path: Path) -> list[Sentence]:
     Without `document_id` every line is its own document. Blank lines and empty sentences are skipped.
 
     Raises:
-        DataError: bad JSON, missing keys, wrong types, or tokens and tags of different lengths; names the line.
+        DataError: bad JSON, missing keys, wrong types, tokens and tags of different lengths, or bad tags (see
+            `read_conll`); names the line.
     """
     sentences: list[Sentence] = []
     positions: Counter[int] = Counter()
+    column = TagColumn()
     for number, line in enumerate(_decode(path), start=1):
         if not line.strip():
             continue
         where = f"{path} line {number}"
-        tokens, tags, document = _parse_jsonl_record(line, where)
+        tokens, tags, document = _parse_jsonl_record(line, where, column)
         if not tokens:
             continue
         document = len(sentences) if document is None else document
-        sentences.append(Sentence(tokens, tags, document, positions[document], f"{path.name} line {number}"))
+        origin = f"{path.name} line {number}"
+        sentences.append(Sentence(tokens, tags, document, positions[document], origin, str(path), number, "record"))
         positions[document] += 1
+    column.close()
     return sentences
 
 
@@ -179,8 +198,10 @@ def _tag_names(feature: Any, cfg: DataConfig) -> list[str] | None:
     """ClassLabel names of a tag column, None when it already holds strings."""
     inner = getattr(feature, "feature", None)
     if getattr(inner, "names", None):
+        column = TagColumn()
         for tag in inner.names:
-            check_tag(tag, f"Hub dataset '{cfg.path}': ClassLabel names of column '{cfg.tag_column}'")
+            column.add(tag, f"Hub dataset '{cfg.path}': ClassLabel names of column '{cfg.tag_column}'")
+        column.close()
         return list(inner.names)
     if getattr(inner, "dtype", None) == "string":
         return None
@@ -230,15 +251,17 @@ def _hub_split(split: Any, cfg: DataConfig, origin: str, name: str) -> list[Sent
     names = _tag_names(features[cfg.tag_column], cfg)
     columns = split.select_columns([cfg.token_column, cfg.tag_column]).to_dict()
     sentences = []
+    column = TagColumn()
     # No document boundaries on the Hub (conll2003 drops -DOCSTART-): each row is its own document.
     for i, (tokens, values) in enumerate(zip(columns[cfg.token_column], columns[cfg.tag_column], strict=True)):
         tags = [names[v] for v in values] if names is not None else list(values)
         if len(tokens) != len(tags):
             raise DataError(f"{origin} row {i}: {len(tokens)} tokens but {len(tags)} tags")
         if names is None:  # free-text tags; ClassLabel names were checked once in _tag_names
-            for tag in tags:
-                check_tag(tag, f"{origin} row {i}")
-        sentences.append(Sentence(list(tokens), tags, i, 0, f"{name} row {i}"))
+            for j, tag in enumerate(tags):
+                column.add(tag, f"{origin} row {i} token {j}")
+        sentences.append(Sentence(list(tokens), tags, i, 0, f"{name} row {i}", origin, i, "row"))
+    column.close()
     return sentences
 
 

@@ -230,7 +230,7 @@ def start_run(
         "mlflow.source.git.commit": git_commit(config.project_root),
         "config.name": config.name,
         "model.base": config.model.name_or_path,
-        "data.source": f"{config.data.source}:{config.data.path or ''}",
+        "data.source": f"{config.data.source}:{config.data.path}" if config.data.path else config.data.source,
         **{f"version.{k}": v for k, v in package_versions().items()},
         **process_tags(),
         **(tags or {}),
@@ -302,6 +302,33 @@ def _log_train(tracker: Tracker, artifact: Artifact, stats: Mapping[str, Any]) -
 def _log_evaluate(tracker: Tracker, artifact: Artifact, stats: Mapping[str, Any]) -> None:
     tracker.log_metrics(_numbers(stats))
     tracker.log_artifacts(artifact.path, "evaluation")
+
+
+def start_job_run(
+    tracking_uri: str, experiment: str, artifact_location: str, run_name: str, tags: Mapping[str, Any] | None = None
+) -> Tracker:
+    """Open an MLflow run for a job that is not a training pipeline run (e.g. batch inference).
+
+    Args:
+        experiment: Experiment name, created when missing (artifacts in `artifact_location` when embedded).
+        tags: Run tags; package versions and the git commit are added.
+    """
+    from mlflow import MlflowClient
+
+    prepare_store(tracking_uri)
+    client = MlflowClient(tracking_uri=tracking_uri)
+    experiment_id = ensure_experiment(client, experiment, tracking_uri, artifact_location)
+    base_tags = {
+        "mlflow.source.git.commit": git_commit(),
+        **{f"version.{k}": v for k, v in package_versions().items()},
+        **process_tags(),  # a killed job's run is marked KILLED by the next pipeline run, as a training run is
+        **(tags or {}),
+    }
+    run = client.create_run(
+        experiment_id, run_name=run_name, tags={k: str(v) for k, v in base_tags.items() if v is not None}
+    )
+    logger.info("MLflow run %s in experiment '%s' (%s)", run.info.run_id, experiment, tracking_uri)
+    return Tracker(tracking_uri=tracking_uri, run_id=run.info.run_id)
 
 
 def experiment_of_run(tracking_uri: str, run_id: str) -> str:

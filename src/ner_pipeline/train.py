@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import warnings
-from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -22,11 +21,13 @@ from typing import Any
 import numpy as np
 
 from ner_pipeline.artifacts import Artifact, ArtifactStore, artifact_key, write_json_atomic
-from ner_pipeline.checkpoints import last_checkpoint, remove_incomplete_checkpoints, tokens_seen
+from ner_pipeline.checkpoints import check_saved_weights, last_checkpoint, remove_incomplete_checkpoints, tokens_seen
 from ner_pipeline.config import ModelConfig, TrainConfig
 from ner_pipeline.modelref import WEIGHT_PATTERNS, model_fingerprint, resolve_model_ref
 from ner_pipeline.plots import plot_history
-from ner_pipeline.tokenize import IGNORE, Preprocessing, load_tokenized, merge_windows
+from ner_pipeline.preprocessing import Preprocessing
+from ner_pipeline.scoring import WordScorer, argmax_logits
+from ner_pipeline.tokenize import load_tokenized
 
 logger = logging.getLogger(__name__)
 
@@ -75,63 +76,10 @@ def subsample(split: Any, max_sentences: int | None, seed: int) -> Any:
     return kept
 
 
-@dataclass
-class WordScorer:
-    """Turns window-level predictions of a split into word-level seqeval scores (the Trainer's compute_metrics).
-
-    Only the first subword of each word is scored, in the window where it has the most context, so the numbers
-    are the word-level ones evaluate reports, not subword or per-window ones.
-    """
-
-    word_ids: list[list[int]]
-    labels: list[list[int]]
-    groups: list[list[int]]  # window rows per sentence, in order
-    names: list[str]
-
-    @classmethod
-    def from_split(cls, split: Any, names: list[str]) -> WordScorer:
-        """Scorer for the rows of a tokenized split, in whatever order they are stored."""
-        rows: dict[int, list[tuple[int, int]]] = defaultdict(list)
-        for row, (sentence, window) in enumerate(zip(split["sentence_id"], split["window"], strict=True)):
-            rows[sentence].append((window, row))
-        # Windows in sentence order, so merge_windows breaks ties the same way however the rows are sorted.
-        groups = [[row for _, row in sorted(rows[s])] for s in sorted(rows)]
-        return cls(split["word_ids"], split["labels"], groups, names)
-
-    def words(self, per_token: Sequence[Sequence[int]]) -> tuple[list[list[str]], list[list[str]]]:
-        """Gold and predicted word labels, one list per sentence."""
-        gold, pred = [], []
-        for rows in self.groups:
-            n_words = max(max(self.word_ids[r]) for r in rows) + 1
-            word_ids = [self.word_ids[r] for r in rows]
-            gold_ids = merge_windows(word_ids, [self.labels[r] for r in rows], n_words)
-            pred_ids = merge_windows(word_ids, [per_token[r] for r in rows], n_words)
-            gold.append([self.names[i] if i != IGNORE else "O" for i in gold_ids])
-            pred.append([self.names[i] for i in pred_ids])
-        return gold, pred
-
-    def score(self, per_token: Sequence[Sequence[int]]) -> dict[str, float]:
-        """Entity precision, recall and F1 (seqeval, conlleval mode) of per-token label ids, one row per window."""
-        from ner_pipeline.evaluate import entity_scores
-
-        gold, pred = self.words(per_token)
-        scores = entity_scores(gold, pred, mode="conlleval")
-        return {k: scores[k] for k in ("precision", "recall", "f1")}
-
-    def __call__(self, eval_pred: Any) -> dict[str, float]:
-        # Rows arrive in dataset order (see trainer_class), right-padded with -100 past each window's length.
-        return self.score([row.tolist() for row in np.asarray(eval_pred.predictions)])
-
-
 def sort_by_length(split: Any) -> Any:
     """The split's rows shortest first, so sequential evaluation batches carry little padding."""
     order = np.argsort([len(ids) for ids in split["input_ids"]], kind="stable")
     return split.select(order.tolist())
-
-
-def argmax_logits(logits: Any, labels: Any) -> Any:
-    """Keep label ids instead of logits between evaluation batches (num_labels times less memory)."""
-    return logits.argmax(dim=-1)
 
 
 def training_arguments(train_cfg: TrainConfig, output_dir: Path) -> Any:
@@ -163,6 +111,8 @@ def training_arguments(train_cfg: TrainConfig, output_dir: Path) -> Any:
         eval_steps=train_cfg.save_steps,
         save_steps=train_cfg.save_steps,
         logging_steps=train_cfg.save_steps or 500,
+        # By default the Trainer leaves NaN/inf losses out of the logged average, hiding a diverged run.
+        logging_nan_inf_filter=False,
         save_total_limit=2,  # the best and the latest
         load_best_model_at_end=True,
         metric_for_best_model="f1",
@@ -226,15 +176,17 @@ class FitResult:
 
 
 def build_trainer(
-    model_cfg: ModelConfig, train_cfg: TrainConfig, tokenize_artifact: Artifact, output_dir: Path
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    tokenize_artifact: Artifact,
+    output_dir: Path,
+    callbacks: Sequence[Any] = (),
 ) -> tuple[Any, Preprocessing]:
     """The Trainer for this config: model with the artifact's labels, length-grouped dynamic padding, scorer."""
-    from transformers import (
-        AutoModelForTokenClassification,
-        AutoTokenizer,
-        DataCollatorForTokenClassification,
-        EarlyStoppingCallback,
-    )
+    from transformers import AutoModelForTokenClassification, AutoTokenizer, DataCollatorForTokenClassification
+    from transformers.trainer_callback import ProgressCallback
+
+    from ner_pipeline.callbacks import DivergenceGuard, PatientEarlyStopping, TrainingBar
 
     prep = Preprocessing.load(tokenize_artifact.path)
     tokenizer = AutoTokenizer.from_pretrained(str(tokenize_artifact.path / "tokenizer"))
@@ -250,7 +202,7 @@ def build_trainer(
         ignore_mismatched_sizes=True,  # fine-tuning an NER model on a new label set replaces its head
     )
     patience = train_cfg.early_stopping_patience
-    return trainer_class()(
+    trainer = trainer_class()(
         model=model,
         args=training_arguments(train_cfg, output_dir),
         train_dataset=train_split.select_columns(MODEL_INPUTS),
@@ -259,19 +211,30 @@ def build_trainer(
         processing_class=tokenizer,
         compute_metrics=WordScorer.from_split(validation, prep.labels),  # rows in the same order as evaluated
         preprocess_logits_for_metrics=argmax_logits,
-        callbacks=[EarlyStoppingCallback(patience)] if patience else [],
-    ), prep
+        callbacks=[DivergenceGuard(), *([PatientEarlyStopping(patience)] if patience else []), *callbacks],
+    )
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(TrainingBar)
+    return trainer, prep
 
 
-def fit(model_cfg: ModelConfig, train_cfg: TrainConfig, tokenize_artifact: Artifact, work: Path) -> FitResult:
+def fit(
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    tokenize_artifact: Artifact,
+    work: Path,
+    callbacks: Sequence[Any] = (),
+) -> FitResult:
     """Fine-tune in `work/checkpoints`, resuming from the last complete checkpoint there if an attempt died."""
     import torch
     from transformers import set_seed
 
+    from ner_pipeline.callbacks import raise_if_diverged
+
     torch.set_num_threads(torch_threads(train_cfg))
     set_seed(train_cfg.seed)
     folder = work / CHECKPOINTS
-    trainer, prep = build_trainer(model_cfg, train_cfg, tokenize_artifact, folder)
+    trainer, prep = build_trainer(model_cfg, train_cfg, tokenize_artifact, folder, callbacks)
     if trainer.args.process_index == 0:
         remove_incomplete_checkpoints(folder)
     checkpoint, step = last_checkpoint(folder)
@@ -283,8 +246,16 @@ def fit(model_cfg: ModelConfig, train_cfg: TrainConfig, tokenize_artifact: Artif
         # transformers 4.57 wraps its per-step token count (a tensor) in torch.tensor() and warns every epoch.
         warnings.filterwarnings("ignore", message="To copy construct from a tensor", category=UserWarning)
         output = trainer.train(resume_from_checkpoint=checkpoint)
+    raise_if_diverged(trainer, train_cfg, folder)
     history = history_from_log(trainer.state.log_history)
     stats = training_stats(trainer, output.metrics, history, step, tokens_before)
+    if stats["eval_f1_near_zero"]:
+        logger.warning(
+            "best validation F1 %.4f is near zero: the model has not learned; train longer (train.epochs) or with "
+            "another train.learning_rate (now %g)",
+            stats["best_eval_f1"],
+            train_cfg.learning_rate,
+        )
     return FitResult(trainer, prep, history, stats, is_main=trainer.args.process_index == 0)
 
 
@@ -299,9 +270,14 @@ def training_stats(
         float(e.get("eval_runtime", 0.0)) for e in state.log_history if (e.get("step") or 0) > resumed_step
     )
     training_only = max(runtime - evaluating, 1e-9)
+    from ner_pipeline.callbacks import NEAR_ZERO_F1
+
     tokens = state.num_input_tokens_seen - tokens_before  # non-padding tokens, summed over ranks
+    best_f1 = max((r["eval_f1"] or 0.0 for r in history), default=None)
     return {
-        "best_eval_f1": max((r["eval_f1"] or 0.0 for r in history), default=None),
+        "best_eval_f1": best_f1,
+        # A model that never rose above near-zero validation F1 has not learned: flagged, not silently passed on.
+        "eval_f1_near_zero": best_f1 is not None and best_f1 <= NEAR_ZERO_F1,
         "epochs_run": round(float(state.epoch or 0), 3),
         "global_step": state.global_step,
         "train_runtime_s": round(runtime, 2),
@@ -318,6 +294,7 @@ def save_outputs(result: FitResult, tokenize_artifact: Artifact, folder: Path) -
     """Write model/ (weights, tokenizer, preprocessing.json), history.json and training_curves.png."""
     model_dir = folder / "model"
     result.trainer.model.save_pretrained(str(model_dir), safe_serialization=True)
+    check_saved_weights(model_dir)
     result.trainer.processing_class.save_pretrained(str(model_dir))
     result.prep.save(model_dir)
     write_json_atomic(folder / "history.json", result.history)
@@ -327,9 +304,16 @@ def save_outputs(result: FitResult, tokenize_artifact: Artifact, folder: Path) -
 
 
 def run_train(
-    model_cfg: ModelConfig, train_cfg: TrainConfig, tokenize_artifact: Artifact, store: ArtifactStore
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    tokenize_artifact: Artifact,
+    store: ArtifactStore,
+    callbacks: Sequence[Any] = (),
 ) -> Artifact:
     """Build (or reuse) the train artifact; resumes an interrupted attempt from its last checkpoint.
+
+    `callbacks` are extra `TrainerCallback`s (e.g. a sweep's pruning callback); they watch the run and are not
+    part of the artifact key, so a cache hit never calls them.
 
     Two runs of the same key at once (overlapping scheduled runs) do not share the checkpoint folder: the second
     waits for the first and returns its artifact. Under torchrun every rank trains (data-parallel) and only rank 0
@@ -349,7 +333,7 @@ def run_train(
         if existing is not None and not distributed:
             logger.info("train: trained meanwhile by another run, reusing %s", existing.path)
             return existing
-        result = fit(model_cfg, train_cfg, tokenize_artifact, store.work_dir(STAGE, key))
+        result = fit(model_cfg, train_cfg, tokenize_artifact, store.work_dir(STAGE, key), callbacks)
         if result.is_main:
             artifact = store.build(
                 STAGE,

@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from ner_pipeline.cli import cache, models, serving, training
+from ner_pipeline.cli import batch, cache, models, serving, sweep, training
 from ner_pipeline.cli.common import (
     DEFAULT_CONFIG,
     ConfigOpt,
@@ -30,15 +30,30 @@ app = typer.Typer(
     help="Train, evaluate, register, export and serve NER models.", no_args_is_help=True, add_completion=False
 )
 config_app = typer.Typer(help="Show the resolved config.", no_args_is_help=True)
-for commands in (training.app, models.app, serving.app):
+for commands in (training.app, models.app, serving.app, sweep.app, batch.app):
     app.add_typer(commands)
 app.add_typer(cache.app, name="artifacts")
 app.add_typer(config_app, name="config")
 app.add_typer(models.models_app, name="models")
 
 
+def show_version(value: bool) -> None:
+    if value:
+        from ner_pipeline import __version__
+
+        typer.echo(f"ner-pipeline {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
+def main(
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Debug logging, third-party libraries' INFO lines included.")
+    ] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=show_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
     setup_logging(verbose)
     offline_defaults()
 

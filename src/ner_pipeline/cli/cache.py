@@ -1,4 +1,4 @@
-"""`ner-pipeline artifacts`: list and prune the artifact cache."""
+"""`ner-pipeline artifacts`: list, verify and prune the artifact cache."""
 
 from __future__ import annotations
 
@@ -6,30 +6,75 @@ from typing import Annotated
 
 import typer
 
-from ner_pipeline.artifacts import ArtifactStore, folder_size
+from ner_pipeline.artifacts import folder_size
 from ner_pipeline.cli.common import DEFAULT_CONFIG, ConfigOpt, SetOpt, load, tracking_uri, user_errors
 from ner_pipeline.config import PipelineConfig
+from ner_pipeline.integrity import NO_RECORDS, VerifyMode
+from ner_pipeline.pipeline import open_store
+from ner_pipeline.pruning import staleness
 from ner_pipeline.tables import render_table
 
-app = typer.Typer(help="Inspect and prune the artifact cache.", no_args_is_help=True)
+app = typer.Typer(help="Inspect, verify and prune the artifact cache.", no_args_is_help=True)
 
 
 @app.command("list")
 @user_errors
 def artifacts_list(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None) -> None:
-    """Show what is cached: stage, key, size, created, inputs."""
+    """Show what is cached: stage, key, size, created, inputs, and whether the installed code and libraries
+    would still build it (stale: why not)."""
     cfg = load(config, set_)
+    artifacts = open_store(cfg).list()
+    stale = staleness(artifacts)
     rows = []
-    for a in ArtifactStore(cfg.artifacts_root).list():
+    for a in artifacts:
         inputs = ", ".join(f"{k}={v[:8]}" for k, v in a.inputs.items()) or "-"
-        rows.append((a.stage, a.key, human_size(folder_size(a.path)), a.created, inputs))
-    typer.echo(render_table(("stage", "key", "size", "created", "inputs"), rows))
+        status = f"stale: {'; '.join(stale[a.key])}" if stale[a.key] else "current"
+        rows.append((a.stage, a.key, human_size(folder_size(a.path)), a.created, inputs, status))
+    typer.echo(render_table(("stage", "key", "size", "created", "inputs", "status"), rows))
+    if any(stale.values()):
+        typer.echo(f"{sum(map(bool, stale.values()))} stale artifact(s): `ner-pipeline artifacts prune --stale`")
+
+
+@app.command("verify")
+@user_errors
+def artifacts_verify(
+    size_only: Annotated[bool, typer.Option("--size-only", help="Compare sizes only, without hashing.")] = False,
+    config: ConfigOpt = DEFAULT_CONFIG,
+    set_: SetOpt = None,
+) -> None:
+    """Check every artifact's files against its manifest; one line per damaged file, exit 1 on any damage.
+
+    Nothing is removed: the next run rebuilds what is damaged.
+    """
+    cfg = load(config, set_)
+    mode: VerifyMode = "size" if size_only else "sha256"
+    store = open_store(cfg)
+    artifacts = store.list()
+    damaged, unverifiable = 0, 0
+    for artifact in artifacts:
+        problems = store.damage(artifact, mode)
+        if problems == [NO_RECORDS]:
+            unverifiable += 1
+            typer.echo(f"unverifiable {artifact.stage}/{artifact.key}: {NO_RECORDS}")
+            continue
+        damaged += bool(problems)
+        for problem in problems:
+            typer.echo(f"damaged {artifact.stage}/{artifact.key}: {problem}")
+    typer.echo(
+        f"{len(artifacts) - damaged - unverifiable} intact, {damaged} damaged, {unverifiable} unverifiable "
+        f"artifact(s) ({mode}); the next run rebuilds damaged and unverifiable ones"
+    )
+    if damaged:
+        raise typer.Exit(1)
 
 
 @app.command("prune")
 @user_errors
 def artifacts_prune(
     keep_last: Annotated[int, typer.Option(help="Artifacts to keep per stage, newest first.")] = 3,
+    stale: Annotated[
+        bool, typer.Option("--stale", help="Remove only what the installed code and libraries would not build again.")
+    ] = False,
     dry_run: Annotated[bool, typer.Option(help="Only list what would go.")] = False,
     config: ConfigOpt = DEFAULT_CONFIG,
     set_: SetOpt = None,
@@ -37,7 +82,11 @@ def artifacts_prune(
     """Free disk, never touching what registered model versions point to (or their lineage)."""
     cfg = load(config, set_)
     protected = registered_artifact_keys(cfg)
-    removed = ArtifactStore(cfg.artifacts_root).prune(keep_last, protected, dry_run=dry_run)
+    store = open_store(cfg)
+    if stale:
+        removed = store.prune_stale(protected, dry_run=dry_run)
+    else:
+        removed = store.prune(keep_last, protected, dry_run=dry_run)
     verb = "would remove" if dry_run else "removed"
     for a in removed:
         typer.echo(f"{verb} {a.stage}/{a.key}")
@@ -48,7 +97,8 @@ def registered_artifact_keys(cfg: PipelineConfig) -> set[str]:
     """Artifact keys recorded on registered model versions."""
     from ner_pipeline import registry
 
-    return registry.protected_artifact_keys(tracking_uri(cfg))
+    records = registry.register_records(open_store(cfg))
+    return registry.protected_artifact_keys(tracking_uri(cfg), records)
 
 
 def human_size(size: int) -> str:

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import functools
-import logging
 import os
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
 
+from ner_pipeline.cli.console import setup_logging as setup_logging  # re-exported for the app callback
 from ner_pipeline.config import PipelineConfig, load_config
 from ner_pipeline.errors import NerPipelineError
 
@@ -21,19 +20,6 @@ SetOpt = Annotated[
 ]
 DEFAULT_CONFIG = Path("configs/quickstart.yaml")
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-def setup_logging(verbose: bool = False) -> None:
-    """Log to stderr; library modules only emit records, the CLI decides where they go."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stderr,
-        force=True,
-    )
-    for noisy in ("httpx", "urllib3", "alembic", "filelock", "mlflow.store.db.utils"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def offline_defaults() -> None:
@@ -48,6 +34,9 @@ def offline_defaults() -> None:
     os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # One bar for training (and one for evaluation), not one per saved dataset split or downloaded artifact.
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def user_errors(func: F) -> F:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import math
+from typing import Annotated, Any
 
 import typer
 
 from ner_pipeline.cli.common import DEFAULT_CONFIG, ConfigOpt, SetOpt, load, tracking_uri, user_errors
+from ner_pipeline.cli.hints import invocation
+from ner_pipeline.errors import RegistryError
 from ner_pipeline.tables import render_table
 
 app = typer.Typer()
@@ -30,6 +33,11 @@ def promote(
     decision = registry.promote(tracking_uri(cfg), cfg.registry, model, version, force, reason)
     typer.echo(decision.summary())
     if not decision.accepted:
+        if decision.to_version and not force:
+            override = ("--model", model, "--version", str(decision.to_version), "--force", "--reason", "...")
+            typer.echo(
+                f"to override the gate (say why in --reason): {invocation(config, set_).command('promote', *override)}"
+            )
         raise typer.Exit(2)
 
 
@@ -57,6 +65,7 @@ def models_list(
     """Versions, aliases, key metrics and creation time."""
     from ner_pipeline import registry
 
+    uri = tracking_uri(load(config, set_))
     rows = [
         (
             r["name"],
@@ -67,8 +76,11 @@ def models_list(
             r["created"],
             (r["run_id"] or "-")[:8],
         )
-        for r in registry.list_versions(tracking_uri(load(config, set_)), name)
+        for r in registry.list_versions(uri, name)
     ]
+    if name and not rows:
+        listing = invocation(config, set_).command("models", "list")
+        raise RegistryError(f"no registered model '{name}' with versions in {uri} (all of them: {listing})")
     typer.echo(render_table(("name", "version", "aliases", "test_f1", "strict_f1", "created", "run"), rows))
 
 
@@ -96,13 +108,37 @@ def compare(
     config: ConfigOpt = DEFAULT_CONFIG,
     set_: SetOpt = None,
 ) -> None:
-    """Params that differ and metrics, side by side, for runs or model versions."""
+    """Params that differ and metrics, side by side, for runs or model versions; largest differences first.
+
+    The delta column is the last column minus the first; rows are sorted by how far apart the values are.
+    """
     from ner_pipeline import registry
 
     table = registry.compare(tracking_uri(load(config, set_)), refs)
-    rows = [(f"param {k}", *vals) for k, vals in table["params"].items()]
-    rows += [(f"metric {k}", *map(_metric, vals)) for k, vals in table["metrics"].items()]
-    typer.echo(render_table(("", *table["columns"]), rows))
+    params = sorted(table["params"].items(), key=lambda item: (-spread(item[1]), item[0]))
+    metrics = sorted(table["metrics"].items(), key=lambda item: (-spread(item[1]), item[0]))
+    rows = [(f"param {k}", *(v if v is not None else "-" for v in vals), _delta(vals)) for k, vals in params]
+    rows += [(f"metric {k}", *map(_metric, vals), _delta(vals)) for k, vals in metrics]
+    typer.echo(render_table(("", *table["columns"], "delta"), rows))
+
+
+def _number(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def spread(values: list[Any]) -> float:
+    """How far apart numeric values are (max - min); -1 when fewer than two are numbers, to sort them last."""
+    numbers = [n for n in map(_number, values) if n is not None]
+    return max(numbers) - min(numbers) if len(numbers) >= 2 else -1.0
+
+
+def _delta(values: list[Any]) -> str:
+    first, last = _number(values[0]), _number(values[-1])
+    return f"{last - first:+.4g}" if first is not None and last is not None else "-"
 
 
 def _metric(value: float | None) -> str:

@@ -6,21 +6,29 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
 from ner_pipeline.cli.common import DEFAULT_CONFIG, ConfigOpt, SetOpt, load, tracking_uri, user_errors
-from ner_pipeline.config import PipelineConfig
+from ner_pipeline.cli.hints import Invocation, invocation
+from ner_pipeline.cli.modelsource import check_model_source
+from ner_pipeline.config import PipelineConfig, ServeConfig
 from ner_pipeline.errors import PredictError
 
 app = typer.Typer()
 logger = logging.getLogger("ner_pipeline.cli")
 
+# Typer lists and enforces these before a model loads (the same names as serve.backend and predict.Aggregation).
+BackendName = Literal["auto", "torch", "onnx", "onnx-int8"]
+AggregationName = Literal["first", "average", "max"]
+
 ModelOpt = Annotated[
     str | None, typer.Option("--model", "-m", help="Model folder or models:/NAME@alias (default: registry production).")
 ]
-BackendOpt = Annotated[str | None, typer.Option(help="auto, torch, onnx or onnx-int8.")]
+BackendOpt = Annotated[
+    BackendName | None, typer.Option(help="Inference backend.", show_default="serve.backend, auto: the best accepted")
+]
 OnnxOpt = Annotated[str | None, typer.Option(help="Export folder for a model folder (ONNX backends).")]
 
 
@@ -29,13 +37,30 @@ def model_source(cfg: PipelineConfig, model: str | None) -> str:
     return model or cfg.serve.model_uri or f"models:/{cfg.registry.model_name}@production"
 
 
+def read_text_file(path: Path, option: str) -> str:
+    """The contents of a UTF-8 text file named by `option`, or a one-line PredictError saying what is wrong."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise PredictError(f"{option} {path}: no such file") from None
+    except IsADirectoryError:
+        raise PredictError(f"{option} {path}: a folder, not a text file") from None
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise PredictError(
+            f"{option} {path} line {line}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x}); save it as UTF-8"
+        ) from None
+    except OSError as exc:
+        raise PredictError(f"{option} {path}: {exc.strerror}") from None
+
+
 def read_texts(text: list[str] | None, file: Path | None, jsonl: Path | None) -> list[str]:
     """The texts to tag: arguments, then the lines of --file, then the "text" of each --jsonl line."""
     texts = list(text or [])
     if file is not None:
-        texts += [line for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+        texts += [line for line in read_text_file(file, "--file").splitlines() if line.strip()]
     if jsonl is not None:
-        for number, line in enumerate(jsonl.read_text(encoding="utf-8").splitlines(), start=1):
+        for number, line in enumerate(read_text_file(jsonl, "--jsonl").splitlines(), start=1):
             if line.strip():
                 try:
                     texts.append(json.loads(line)["text"])
@@ -53,9 +78,9 @@ def predict(
     file: Annotated[Path | None, typer.Option(help="A text file: one text per non-empty line.")] = None,
     jsonl: Annotated[Path | None, typer.Option(help='JSON Lines with {"text": ...} per line.')] = None,
     model: ModelOpt = None,
-    backend: BackendOpt = "auto",
+    backend: BackendOpt = None,
     onnx: OnnxOpt = None,
-    aggregation: Annotated[str, typer.Option(help="first, average or max.")] = "first",
+    aggregation: Annotated[AggregationName, typer.Option(help="How subword scores make a word's.")] = "first",
     config: ConfigOpt = DEFAULT_CONFIG,
     set_: SetOpt = None,
 ) -> None:
@@ -64,9 +89,13 @@ def predict(
 
     cfg = load(config, set_)
     texts = read_texts(text, file, jsonl)
-    handle = load_handle(
-        model_source(cfg, model), backend or cfg.serve.backend, tracking_uri(cfg), onnx, cfg.serve.threads
-    )
+    source, chosen = model_source(cfg, model), backend or cfg.serve.backend
+
+    def retry(*options: str) -> str:  # this very command with other options, for hints
+        return predict_command(invocation(config, set_), text, file, jsonl, model, aggregation, *options)
+
+    check_model_source(source, chosen, onnx, cfg, retry)
+    handle = load_handle(source, chosen, tracking_uri(cfg), onnx, cfg.serve.threads)
     try:
         results = handle.predictor.predict(texts, aggregation=aggregation)
     finally:
@@ -75,14 +104,38 @@ def predict(
         typer.echo(json.dumps({"text": original, "entities": [e.model_dump() for e in entities]}, ensure_ascii=False))
 
 
+def predict_command(
+    invoked: Invocation,
+    text: list[str] | None,
+    file: Path | None,
+    jsonl: Path | None,
+    model: str | None,
+    aggregation: str,
+    *options: str,
+) -> str:
+    """The `predict` command as given, with `options` (e.g. another backend) in place of --backend/--onnx."""
+    args = [*(["--model", model] if model else []), *options]
+    args += [*(["--file", str(file)] if file else []), *(["--jsonl", str(jsonl)] if jsonl else [])]
+    if aggregation != "first":
+        args += ["--aggregation", aggregation]
+    return invoked.command("predict", *args, positional=text or ())
+
+
+DEFAULTS = ServeConfig()
+
+
 @app.command()
 @user_errors
 def serve(
     model: ModelOpt = None,
     backend: BackendOpt = None,
     onnx: OnnxOpt = None,
-    host: Annotated[str | None, typer.Option(help="Interface to bind.")] = None,
-    port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
+    host: Annotated[
+        str | None, typer.Option(help="Interface to bind.", show_default=f"serve.host, {DEFAULTS.host}")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Port to listen on.", show_default=f"serve.port, {DEFAULTS.port}")
+    ] = None,
     config: ConfigOpt = DEFAULT_CONFIG,
     set_: SetOpt = None,
 ) -> None:
@@ -93,11 +146,20 @@ def serve(
 
     cfg = load(config, set_)
     settings = cfg.serve.model_copy(update={k: v for k, v in {"backend": backend}.items() if v is not None})
+    source = model_source(cfg, model)
+    # Fail here in one line, not in uvicorn's start-up with a traceback.
+    check_model_source(
+        source, settings.backend, onnx, cfg, lambda *options: serve_command(config, set_, source, *options)
+    )
     for handler in logging.getLogger().handlers:
         handler.addFilter(RequestIdFilter())
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"))
     api_key = os.environ.get(settings.api_key_env) or None
-    application = build_app(settings, model_source(cfg, model), tracking_uri(cfg), api_key, onnx)
+    application = build_app(settings, source, tracking_uri(cfg), api_key, onnx)
     logger.info("API key %s", f"required (${settings.api_key_env})" if api_key else "not required")
     # Our middleware logs every request with its id, so uvicorn's own access log would only repeat it.
     uvicorn.run(application, host=host or settings.host, port=port or settings.port, log_config=None, access_log=False)
+
+
+def serve_command(config: Path, overrides: list[str] | None, source: str, *options: str) -> str:
+    return invocation(config, overrides).command("serve", "--model", source, *options)

@@ -5,9 +5,11 @@ One job per module:
 - `register`: the register stage (log the pyfunc model in the run, new version with alias `challenger`).
 - `promotion`: the gate, promote, rollback and the audit trail.
 - `catalog`: list and compare versions, resolve `models:/` URIs, download a version.
-- `pyfunc`: the MLflow pyfunc wrapper around our predictor, its signature and requirements.
+- `pyfunc`: the MLflow pyfunc wrapper around our predictor: the variant it serves, the files it ships, its signature
+  and requirements.
 - `tags`: alias names and the tags a version carries (written at registration, read by the gate and listing).
-- `client`: the MlflowClient bound to one tracking URI that all of them use.
+- `client`: the MlflowClient bound to one tracking URI that all of them use, and the checks before it (the store
+  exists, the server answers) and the canonical spelling of a tracking URI.
 
 The names below are what the CLI, pipeline, server and tasks call (`from ner_pipeline import registry;
 registry.promote(...)`); everything else is reached through its module.
@@ -22,9 +24,9 @@ from ner_pipeline.registry.catalog import (
     protected_artifact_keys,
     resolve_version,
 )
-from ner_pipeline.registry.client import client_for
+from ner_pipeline.registry.client import canonical_uri, client_for, existing_client, require_existing_store
 from ner_pipeline.registry.promotion import Decision, history, promote, rollback
-from ner_pipeline.registry.register import log_and_register, register_key, run_register
+from ner_pipeline.registry.register import log_and_register, register_key, register_records, run_register
 from ner_pipeline.registry.tags import CHALLENGER, PREVIOUS, PRODUCTION
 
 __all__ = [
@@ -33,9 +35,11 @@ __all__ = [
     "PRODUCTION",
     "Decision",
     "FetchedModel",
+    "canonical_uri",
     "client_for",
     "compare",
     "download_model",
+    "existing_client",
     "fetch_model",
     "history",
     "list_versions",
@@ -43,6 +47,8 @@ __all__ = [
     "promote",
     "protected_artifact_keys",
     "register_key",
+    "register_records",
+    "require_existing_store",
     "resolve_version",
     "rollback",
     "run_register",

@@ -1,24 +1,28 @@
 """Reading the registry: list versions, compare runs side by side, resolve `models:/` URIs and download models.
 
-Every call takes the tracking URI and goes through a client bound to it (`client_for`), never through MLflow's
-process-wide URIs, so the server's reload thread can fetch a model without touching anyone else's state.
+Every call takes the tracking URI and goes through a client bound to it (`existing_client`), never through
+MLflow's process-wide URIs, so the server's reload thread can fetch a model without touching anyone else's state.
+None of them acts on a store that is not there: a mistyped SQLite path is an error, not a new empty registry.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from ner_pipeline.artifacts import Artifact
 from ner_pipeline.errors import RegistryError
-from ner_pipeline.registry.client import client_for
+from ner_pipeline.registry.client import existing_client
+from ner_pipeline.registry.register import REGISTER_TAG
 from ner_pipeline.registry.tags import ARTIFACT_TAG, version_metrics
 
 
 def list_versions(tracking_uri: str, name: str | None = None) -> list[dict[str, Any]]:
     """Registered versions with aliases, key metrics and creation time, newest first."""
-    client = client_for(tracking_uri)
+    client = existing_client(tracking_uri)
     query = f"name = '{name}'" if name else ""
     versions = client.search_model_versions(query)
     aliases: dict[tuple[str, str], list[str]] = {}
@@ -42,14 +46,32 @@ def list_versions(tracking_uri: str, name: str | None = None) -> list[dict[str, 
     return sorted(rows, key=lambda r: (r["name"], -int(r["version"])))
 
 
-def protected_artifact_keys(tracking_uri: str) -> set[str]:
-    """Artifact keys recorded on any registered model version (pruning must keep these)."""
+def protected_artifact_keys(tracking_uri: str, records: Sequence[Artifact]) -> set[str]:
+    """Artifact keys recorded on any registered model version (pruning must keep these).
+
+    Args:
+        tracking_uri: The registry to ask.
+        records: The register artifacts on disk (`register.register_records(store)`): what was registered from
+            here. If the registry holds none of them, it is most likely the wrong registry (a mistyped URI, a
+            fresh server) and its answer would protect nothing, so it is refused.
+
+    Raises:
+        RegistryError: the store does not exist or cannot be read, or it holds none of `records`' versions.
+    """
     from mlflow.exceptions import MlflowException
 
     try:
-        versions = client_for(tracking_uri).search_model_versions("")
+        versions = existing_client(tracking_uri).search_model_versions("")
     except MlflowException as exc:  # no registry reachable: refuse to guess what is safe to delete
         raise RegistryError(f"cannot read the model registry at {tracking_uri}: {exc.message}") from None
+    registered = {(mv.tags or {}).get(REGISTER_TAG) for mv in versions}
+    if records and not any(r.key in registered for r in records):
+        example = records[-1]
+        raise RegistryError(
+            f"the registry at {tracking_uri} holds none of the {len(records)} version(s) registered from here "
+            f"(e.g. {example.stats.get('name')} v{example.stats.get('version')}), so it would protect nothing: "
+            f"check the tracking URI, or if those registrations are gone for good delete {example.path.parent}"
+        )
     return {v for mv in versions for k, v in (mv.tags or {}).items() if k.startswith(ARTIFACT_TAG)}
 
 
@@ -76,7 +98,7 @@ def compare(tracking_uri: str, refs: list[str]) -> dict[str, Any]:
     """
     if len(refs) < 2:
         raise RegistryError("compare needs at least two runs or model versions")
-    client = client_for(tracking_uri)
+    client = existing_client(tracking_uri)
     resolved = [resolve_run(client, r) for r in refs]
     labels = [label for label, _ in resolved]
     params = sorted({k for _, run in resolved for k in run.data.params})
@@ -119,7 +141,7 @@ def parse_model_uri(model_uri: str) -> tuple[str, str | None, str | None]:
 
 def resolve_version(tracking_uri: str, model_uri: str) -> Any:
     """The ModelVersion a `models:/` URI points at now."""
-    return _resolve_version(client_for(tracking_uri), model_uri)
+    return _resolve_version(existing_client(tracking_uri), model_uri)
 
 
 def _resolve_version(client: Any, model_uri: str) -> Any:
@@ -138,7 +160,7 @@ def fetch_model(model_uri: str, tracking_uri: str, dest: Path | None = None) -> 
     from mlflow.exceptions import MlflowException
 
     name, _, alias = parse_model_uri(model_uri)
-    client = client_for(tracking_uri)
+    client = existing_client(tracking_uri)
     version = _resolve_version(client, model_uri)
     try:
         # The version's own storage, not `models:/...`: MLflow resolves that scheme through the process-wide
