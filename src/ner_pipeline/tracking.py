@@ -6,10 +6,9 @@ $MLFLOW_TRACKING_URI) works the same. Stages never log themselves: after each st
 to `log_stage`, which reads what the stage recorded (manifest stats, history, report files). So a stage served
 from cache logs the same numbers.
 
-Which run a pipeline run logs into is decided by `track_stage` (see `ModelRuns`): the run that holds the model,
-found by its train artifact key, so reruns that compute nothing add no run. Every run records the process that
-opened it (`process.host`, `process.pid`), so a later pipeline run can mark runs left RUNNING by a killed process
-as KILLED (`mark_dead_runs_killed`).
+Which run a pipeline run logs into is decided in `ner_pipeline.modelruns`: the run that holds the model, found by
+its train artifact key, so reruns that compute nothing add no run. Every run records the process that opened it
+(`process_tags`), so a later pipeline run can mark runs left RUNNING by a killed process as KILLED.
 """
 
 from __future__ import annotations
