@@ -1,33 +1,35 @@
-"""Prefect tasks around the MLflow run of a flow run."""
+"""Prefect tasks around MLflow: one run per trained model (see `ner_pipeline.modelruns`).
+
+They write to MLflow, so none may ever be answered from Prefect's cache (NO_CACHE); retrying them is safe.
+"""
 
 from __future__ import annotations
 
 import os
 
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 
-from ner_pipeline import tracking
+from ner_pipeline import modelruns
 from ner_pipeline.artifacts import Artifact
 from ner_pipeline.config import PipelineConfig
 
 
-@task(name="start-mlflow-run", retries=2, retry_delay_seconds=5)
-def start_run_task(config: PipelineConfig, tags: dict[str, str]) -> tracking.Tracker | None:
-    """Open the MLflow run for this flow run (None when tracking is off)."""
-    if not config.tracking.enabled:
-        return None
-    uri = tracking.resolve_tracking_uri(config.tracking, os.environ)
-    return tracking.start_run(config, uri, tags=tags)
+@task(name="open-tracking", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def open_tracking_task(config: PipelineConfig, tags: dict[str, str]) -> modelruns.ModelRuns | None:
+    """Resolve the MLflow store and mark runs of killed processes KILLED (None when tracking is off)."""
+    return modelruns.open_tracking(config, os.environ, tags)
 
 
-@task(name="log-stage", task_run_name="log-{artifact.stage}", retries=2, retry_delay_seconds=5)
-def log_stage_task(tracker: tracking.Tracker | None, artifact: Artifact) -> None:
-    """Log a stage's artifact to the MLflow run, whether it was computed now or came from the cache."""
-    if tracker is not None:
-        tracking.log_stage(tracker, artifact)
+@task(
+    name="track-stage", task_run_name="track-{artifact.stage}", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5
+)
+def track_stage_task(config: PipelineConfig, runs: modelruns.ModelRuns, artifact: Artifact) -> modelruns.ModelRuns:
+    """Log a stage into the run that holds its model (opened or found when train arrives); safe to retry."""
+    return modelruns.track_stage(config, runs, artifact)
 
 
-@task(name="end-mlflow-run", retries=2, retry_delay_seconds=5)
-def end_run_task(tracker: tracking.Tracker | None, status: str) -> None:
-    if tracker is not None:
-        tracker.end(status)
+@task(name="end-mlflow-run", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def end_run_task(runs: modelruns.ModelRuns | None, status: str) -> None:
+    """End the MLflow run this flow run opened (a reused run is left as it was)."""
+    modelruns.finish(runs, status)

@@ -97,7 +97,20 @@ def test_deployed_flow_runs_through_a_worker_and_a_second_run_is_served_from_cac
     config = write_tiny_config(tmp_path, tiny_base_dir)
     prefect(env, project, "work-pool", "create", "ner-process", "--type", "process")
     out = prefect(env, project, "--no-prompt", "deploy", "--all", "--prefect-file", "deployments/prefect.yaml")
-    assert "ner-training/nightly" in out and "ner-training/conll2003-weekly" in out
+    assert "ner-training/nightly" in out and "ner-training-conll2003/weekly" in out
+    assert deployment_facts(env, "ner-training/nightly") == {"active": [True], "required": []}
+    assert deployment_facts(env, "ner-training-conll2003/weekly") == {"active": [True], "required": ["data_path"]}
+    # The weekly deployment names no data folder (each machine has its own): a run without one is refused.
+    refused = subprocess.run(
+        [*PREFECT, "deployment", "run", "ner-training-conll2003/weekly"],
+        env=env,
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert refused.returncode != 0
+    assert "'data_path' is a required property" in " ".join((refused.stdout + refused.stderr).split())
 
     # The deployment's config_path parameter is the quickstart; shrink it through overrides to the tiny config.
     overrides = [f"{k}={v}" for k, v in tiny_overrides(config).items()]
@@ -119,9 +132,27 @@ def test_deployed_flow_runs_through_a_worker_and_a_second_run_is_served_from_cac
 
     assert trigger_and_work(env, project, overrides) == "Completed"
     assert {p.parent.parent.name: p.stat().st_mtime for p in artifacts.glob("*/*/manifest.json")} == mtimes
-    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
-    assert len(runs) == 2
-    assert {r.data.tags["cached.train"] for r in runs} == {"True", "False"}
+    # one run per trained model: the all-cached second run adds none
+    assert [r.info.run_id for r in client.search_runs([client.get_experiment_by_name("tiny").experiment_id])] == [
+        runs[0].info.run_id
+    ]
+
+
+def deployment_facts(env: dict[str, str], name: str) -> dict[str, list]:
+    """Whether each schedule of a deployment is active, and which parameters a run must be given."""
+    code = (
+        "import asyncio, json\n"
+        "from prefect.client.orchestration import get_client\n"
+        "async def main():\n"
+        "    async with get_client() as c:\n"
+        f"        d = await c.read_deployment_by_name('{name}')\n"
+        "        required = [p for p in d.parameter_openapi_schema.get('required', []) if p not in d.parameters]\n"
+        "        print(json.dumps({'active': [s.active for s in d.schedules], 'required': required}))\n"
+        "asyncio.run(main())\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout)
 
 
 def tiny_overrides(config: Path) -> dict[str, object]:

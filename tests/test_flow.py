@@ -35,17 +35,20 @@ def test_second_run_recomputes_nothing_and_a_hyperparameter_change_reruns_train_
     first = run_flow(config)
     assert first.computed == ["ingest", "tokenize", "train", "evaluate", "export", "register"]
     assert first.registered == {"name": "ner-tiny", "version": "1"}
+    assert mlflow_runs(tmp_path) == [first.run_id]
 
     second = run_flow(config)
     assert second.computed == []
     assert {k: a.key for k, a in second.stages.items()} == {k: a.key for k, a in first.stages.items()}
     assert all(a.cached for a in second.stages.values())
+    assert second.run_id == first.run_id and mlflow_runs(tmp_path) == [first.run_id]  # no run for no work
 
     changed = run_flow(config, overrides=["train.learning_rate=1e-4"])
     assert changed.computed == ["train", "evaluate", "export", "register"]
     assert changed.stages["tokenize"].key == first.stages["tokenize"].key
     assert changed.stages["train"].key != first.stages["train"].key
     assert changed.registered == {"name": "ner-tiny", "version": "2"}
+    assert sorted(mlflow_runs(tmp_path)) == sorted([first.run_id, changed.run_id])  # one run per trained model
 
     # auto_promote (on in quickstart): the gate runs once per newly registered version, never on a cached one.
     assert first.decision.startswith("PROMOTE ner-tiny v- -> v1") and second.decision is None
@@ -55,6 +58,47 @@ def test_second_run_recomputes_nothing_and_a_hyperparameter_change_reruns_train_
     assert [e["to_version"] for e in audit] == ["1", "2"]
 
 
+def mlflow_runs(folder: Path) -> list[str]:
+    """Ids of every run in the tiny config's store."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{folder}/mlflow.db")
+    return [r.info.run_id for r in client.search_runs([e.experiment_id for e in client.search_experiments()])]
+
+
+def test_registering_a_model_trained_earlier_logs_it_into_the_run_that_trained_it(
+    harness, tmp_path: Path, tiny_base_dir: Path
+):
+    config = write_tiny_config(tmp_path, tiny_base_dir, export={"enabled": False})
+    trained = run_flow(config, overrides=["registry.enabled=false"])
+    registered = run_flow(config)
+    assert registered.computed == ["register"] and registered.run_id == trained.run_id
+    version = registry.client_for(f"sqlite:///{tmp_path}/mlflow.db").get_model_version("ner-tiny", "1")
+    assert version.run_id == trained.run_id and mlflow_runs(tmp_path) == [trained.run_id]
+
+
+def test_the_conll2003_flow_needs_a_data_path_and_trains_on_the_folder_it_names(
+    harness, tmp_path: Path, tiny_base_dir: Path
+):
+    from prefect.exceptions import ParameterTypeError
+
+    from ner_pipeline.errors import ConfigError
+    from ner_pipeline_flows.training import conll2003_flow
+
+    # What a scheduled run of the weekly deployment reports when nobody set data_path:
+    with pytest.raises(ParameterTypeError, match="data_path: Field required"):
+        conll2003_flow.validate_parameters({"config_path": "configs/experiment/minilm.yaml"})
+    with pytest.raises(ConfigError, match="parameter data_path is empty"):
+        conll2003_flow(data_path=" ")
+    config = write_tiny_config(tmp_path, tiny_base_dir, registry={"enabled": False}, export={"enabled": False})
+    fixture = Path(__file__).parent / "data" / "conll_iob1"
+    summary = conll2003_flow(
+        data_path=str(fixture), config_path=str(config), overrides=["data.source=conll", "data.scheme=iob1"]
+    )
+    assert summary.computed == ["ingest", "tokenize", "train", "evaluate"]
+    assert summary.stages["ingest"].stats["train"]["sentences"] == 5  # the fixture's, not WNUT-16's
+
+
 def test_only_and_from_run_exactly_the_stages_asked_for(harness, tmp_path: Path, tiny_base_dir: Path):
     config = write_tiny_config(tmp_path, tiny_base_dir, registry={"enabled": False}, export={"enabled": False})
     run_flow(config)
@@ -62,9 +106,11 @@ def test_only_and_from_run_exactly_the_stages_asked_for(harness, tmp_path: Path,
     [evaluated] = [a for a in store.list() if a.stage == "evaluate"]
     shutil.rmtree(evaluated.path)  # forget the report: --only evaluate must rebuild just that
 
+    [model_run] = mlflow_runs(tmp_path)
     only = run_flow(config, only=["evaluate"])
     assert only.computed == ["evaluate"]
     assert list(only.stages) == ["ingest", "tokenize", "train", "evaluate"]
+    assert only.run_id == model_run and mlflow_runs(tmp_path) == [model_run]  # the new report joins the model's run
 
     later = run_flow(config, from_stage="train", overrides=["train.seed=7"])
     assert later.computed == ["train", "evaluate"]

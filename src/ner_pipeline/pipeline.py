@@ -234,7 +234,7 @@ def walk(
     build: StepFn,
     lookup: StepFn,
     *,
-    on_stage: Callable[[Artifact], None] | None = None,
+    on_stage: Callable[[Artifact], RunContext | None] | None = None,
     promote: PromoteFn | None = None,
     ctx: RunContext | None = None,
     announce: bool = True,
@@ -249,7 +249,8 @@ def walk(
         selected: Stages to build (see `select_stages`); the others up to the last selected one are looked up.
         build: Builds, or reuses from the cache, the artifact of a selected stage (e.g. `run_stage`).
         lookup: Returns the cached artifact of a stage that is not selected (e.g. `lookup_stage`).
-        on_stage: Called with each artifact, e.g. to log it to MLflow.
+        on_stage: Called with each artifact, e.g. to log it to MLflow; may return the context for the stages
+            after it (the MLflow run that holds the model, once train tells which model this is).
         promote: Runs the promotion gate for a version (tracking URI, registry config, version) and returns
             the decision's summary; called only as `promote_new_version` decides.
         ctx: Tracking URI and open MLflow run, for the register stage.
@@ -279,7 +280,9 @@ def walk(
             )
         summary.stages[name] = artifact
         if on_stage is not None:
-            on_stage(artifact)
+            # tracking may answer with the MLflow run that holds this model (known once train is), for register
+            ctx = on_stage(artifact) or ctx
+            summary.run_id = ctx.run_id
     if promote is not None:
         promote_new_version(config, summary, promote)
     return summary
@@ -386,5 +389,6 @@ class RunSummary:
         if self.decision:
             lines += ["", f"Promotion: {self.decision}"]
         if self.run_id:
-            lines += ["", f"MLflow run `{self.run_id}` at `{self.tracking_uri}`."]
+            when = "trained in this pipeline run" if "train" in self.computed else "trained earlier"
+            lines += ["", f"MLflow run `{self.run_id}` at `{self.tracking_uri}` holds this model ({when})."]
         return "\n".join(lines)

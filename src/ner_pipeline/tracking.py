@@ -1,15 +1,22 @@
-"""MLflow tracking: one run per pipeline run, logging config, data, per-epoch metrics and stage artifacts.
+"""MLflow tracking: one run per trained model, logging config, data, per-epoch metrics and stage artifacts.
 
 Only this module and the `registry` package import MLflow. The embedded default is a SQLite store in `mlruns/mlflow.db`
-with artifacts in `mlruns/artifacts`; a tracking server URI (config or $MLFLOW_TRACKING_URI) works the same.
-Stages never log themselves: after each stage the caller hands its artifact to `log_stage`, which reads what the
-stage recorded (manifest stats, history, report files). So a stage served from cache logs the same numbers.
+under the project root, with artifacts in `mlruns/artifacts`; a tracking server URI (config or
+$MLFLOW_TRACKING_URI) works the same. Stages never log themselves: after each stage the caller hands its artifact
+to `log_stage`, which reads what the stage recorded (manifest stats, history, report files). So a stage served
+from cache logs the same numbers.
+
+Which run a pipeline run logs into is decided in `ner_pipeline.modelruns`: the run that holds the model, found by
+its train artifact key, so reruns that compute nothing add no run. Every run records the process that opened it
+(`process_tags`), so a later pipeline run can mark runs left RUNNING by a killed process as KILLED.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 import subprocess
 import time
 from collections.abc import Mapping
@@ -21,6 +28,7 @@ from typing import Any
 
 from ner_pipeline.artifacts import Artifact
 from ner_pipeline.config import DEFAULT_TRACKING_URI, PipelineConfig, TrackingConfig, flatten
+from ner_pipeline.configfile import absolute_store_uri
 
 logger = logging.getLogger(__name__)
 
@@ -29,8 +37,16 @@ PARAM_BATCH = 100  # MLflow accepts at most 100 params per batch call
 
 
 def resolve_tracking_uri(cfg: TrackingConfig, env: Mapping[str, str]) -> str:
-    """Return the tracking URI: the config's, else $MLFLOW_TRACKING_URI from `env`, else the embedded store."""
-    return cfg.tracking_uri or env.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    """Return the tracking URI: the config's, else $MLFLOW_TRACKING_URI from `env`, else the embedded store.
+
+    A SQLite path comes back absolute: the config's and the embedded default against the project root (the
+    config already anchors its own), $MLFLOW_TRACKING_URI against the working folder, where the user set it.
+    """
+    return (
+        cfg.tracking_uri
+        or (absolute_store_uri(env_uri, Path.cwd()) if (env_uri := env.get("MLFLOW_TRACKING_URI")) else None)
+        or cfg.resolve_uri(DEFAULT_TRACKING_URI)
+    )
 
 
 def is_embedded(uri: str) -> bool:
@@ -65,6 +81,56 @@ def package_versions() -> dict[str, str]:
         except PackageNotFoundError:
             continue
     return found
+
+
+def process_tags(pid: int | None = None) -> dict[str, str]:
+    """Tags naming the process that owns a run: host, pid and (on Linux) its start time, which tells a reused pid
+    from the original."""
+    pid = pid or os.getpid()
+    return {"process.host": socket.gethostname(), "process.pid": str(pid), "process.started": _start_ticks(pid) or ""}
+
+
+def process_alive(tags: Mapping[str, str]) -> bool | None:
+    """Whether the process named by `process_tags` still runs; None when it is not on this host (cannot tell)."""
+    if tags.get("process.host") != socket.gethostname() or not tags.get("process.pid", "").isdigit():
+        return None
+    pid = int(tags["process.pid"])
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # someone else's process: it exists
+    started = tags.get("process.started")
+    now = _start_ticks(pid)
+    return not (started and now is not None and now != started) and _state(pid) != "Z"
+
+
+def _stat_fields(pid: int) -> list[str]:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return []
+    return stat.rsplit(")", 1)[1].split()  # after the command name, which may hold spaces: field 3 onwards
+
+
+def _start_ticks(pid: int) -> str | None:
+    fields = _stat_fields(pid)
+    return fields[19] if len(fields) > 19 else None  # field 22: start time in clock ticks since boot
+
+
+def _state(pid: int) -> str | None:
+    fields = _stat_fields(pid)
+    return fields[0] if fields else None  # field 3: Z for a zombie, which is dead but not yet reaped
+
+
+def experiment_url(tracking_uri: str, experiment_id: str) -> str:
+    """The MLflow UI's "Model training" view of an experiment (runs, models, registry), not its GenAI overview.
+
+    For a local store that is where `mlflow ui` listens by default; for a tracking server, the server itself.
+    """
+    base = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    return f"{base}/#/experiments/{experiment_id}?workflowType=machine_learning"
 
 
 @dataclass
@@ -140,15 +206,17 @@ def start_run(
     tracking_uri: str,
     run_name: str | None = None,
     tags: Mapping[str, str] | None = None,
+    start_time: int | None = None,
 ) -> Tracker:
-    """Open the MLflow run of one pipeline run and log what is known up front: config, versions, commit.
+    """Open an MLflow run and log what is known up front: config, versions, commit, the process that owns it.
 
     Args:
         config: The resolved pipeline config; logged flat as params (`train.learning_rate`, ...).
         tracking_uri: Where to log (see `resolve_tracking_uri`).
         run_name: Shown in the MLflow UI; defaults to `<config name>-<model>-<UTC start time>`, so the runs of
             one config stay apart in the compare view.
-        tags: Extra run tags (e.g. the Prefect flow run id).
+        tags: Extra run tags (e.g. the Prefect flow run id, the train artifact key).
+        start_time: Start of the run in ms since the epoch (e.g. when the pipeline run began); default now.
     """
     from mlflow import MlflowClient
 
@@ -158,15 +226,17 @@ def start_run(
     experiment_id = ensure_experiment(client, experiment, tracking_uri, config.tracking.artifact_location)
     model_short = config.model.name_or_path.rsplit("/", 1)[-1].removeprefix("package:")
     base_tags = {
-        "mlflow.source.git.commit": git_commit(),
+        "mlflow.source.git.commit": git_commit(config.project_root),
         "config.name": config.name,
         "model.base": config.model.name_or_path,
         "data.source": f"{config.data.source}:{config.data.path}" if config.data.path else config.data.source,
         **{f"version.{k}": v for k, v in package_versions().items()},
+        **process_tags(),
         **(tags or {}),
     }
     run = client.create_run(
         experiment_id,
+        start_time=start_time,
         run_name=run_name or f"{config.name}-{model_short}-{datetime.now(UTC):%Y%m%d-%H%M%S}",
         tags={k: str(v) for k, v in base_tags.items() if v is not None},
     )
@@ -250,6 +320,7 @@ def start_job_run(
     base_tags = {
         "mlflow.source.git.commit": git_commit(),
         **{f"version.{k}": v for k, v in package_versions().items()},
+        **process_tags(),  # a killed job's run is marked KILLED by the next pipeline run, as a training run is
         **(tags or {}),
     }
     run = client.create_run(
@@ -257,3 +328,10 @@ def start_job_run(
     )
     logger.info("MLflow run %s in experiment '%s' (%s)", run.info.run_id, experiment, tracking_uri)
     return Tracker(tracking_uri=tracking_uri, run_id=run.info.run_id)
+
+
+def experiment_of_run(tracking_uri: str, run_id: str) -> str:
+    """The id of the experiment a run belongs to."""
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri).get_run(run_id).info.experiment_id

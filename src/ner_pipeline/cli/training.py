@@ -48,8 +48,8 @@ def run(
     uri = tracking_uri(cfg) if cfg.tracking.enabled else None
     preflight.check_cached_inputs(cfg, selected, uri, invocation(config, set_))
     tell_stage_story()
-    training_flow = importlib.import_module(FLOW_MODULE).training_flow
-    summary = training_flow(
+    run_training = importlib.import_module(FLOW_MODULE).run_training  # its temporary server dies with us
+    summary = run_training(
         config_path=str(config),
         overrides=list(set_ or []),
         only=only_names or None,
@@ -70,7 +70,13 @@ def next_steps(summary: Any, invoked: Invocation) -> str:
     """The closing lines of `run`: where to look next, as commands that work as printed (the run's own flags)."""
     lines = ["Where to look next:"]
     if summary.run_id:
-        lines.append(f"  MLflow UI:  mlflow ui --backend-store-uri {summary.tracking_uri}   (run {summary.run_id})")
+        from ner_pipeline import tracking
+
+        uri = summary.tracking_uri
+        url = tracking.experiment_url(uri, tracking.experiment_of_run(uri, summary.run_id))
+        if tracking.is_embedded(uri):
+            lines.append(f"  MLflow UI:  mlflow ui --backend-store-uri {uri}")
+        lines.append(f"  Runs:       {url}   (run {summary.run_id} holds this model)")
     evaluated = summary.stages.get("evaluate")
     if evaluated is not None:
         lines.append(f"  Report:     {evaluated.path / 'report.md'}")
