@@ -159,7 +159,7 @@ def tiny_overrides(config: Path) -> dict[str, object]:
     """The tiny config as dotted overrides of the quickstart (the deployment's own config file)."""
     import yaml
 
-    from ner_pipeline.config import flatten
+    from ner_pipeline.configfile import flatten
 
     values = yaml.safe_load(config.read_text())
     values.pop("extends")

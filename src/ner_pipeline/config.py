@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -25,6 +24,7 @@ from ner_pipeline.configfile import (
     absolute_path,
     absolute_store_uri,
     apply_overrides,
+    describe_validation_error,
     find_project_root,
     is_uri,
     local_path,
@@ -365,20 +365,6 @@ class PipelineConfig(_Section):
         return {"artifacts_root": str(absolute_path(self.artifacts_root, root))}
 
 
-def _describe_error(err: Mapping[str, Any], origin: str) -> str:
-    field = ".".join(str(p) for p in err["loc"]) or "(root)"
-    if err["type"] == "extra_forbidden":
-        return f"{origin}: unknown field '{field}' (check the spelling)"
-    message = err["msg"].removeprefix("Value error, ").replace("Input should be", "must be", 1)
-    got = err.get("input")
-    shown = "" if isinstance(got, dict) or "(got " in message else f" (got {got!r})"
-    return f"{origin}: {field}: {message}{shown}"
-
-
-def _describe(exc: ValidationError, origin: str) -> str:
-    return "\n".join(_describe_error(err, origin) for err in exc.errors())
-
-
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> PipelineConfig:
     """Load a pipeline config from YAML (following `extends`), apply dotted overrides and resolve its paths.
 
@@ -401,22 +387,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     try:
         config = PipelineConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, origin)) from None
+        raise ConfigError(describe_validation_error(exc, origin)) from None
     return config.anchored(find_project_root(Path(path)) if path is not None else Path.cwd().resolve())
 
 
 def dump_config(config: PipelineConfig) -> str:
     """Render a config as YAML, paths as written (what `ner-pipeline config show` prints)."""
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
-
-
-def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Flatten nested mappings into dotted keys (MLflow params, config diffs)."""
-    flat: dict[str, Any] = {}
-    for key, value in mapping.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{dotted}."))
-        else:
-            flat[dotted] = value
-    return flat

@@ -18,11 +18,12 @@ import ast
 import functools
 import importlib.util
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Self
 
 import yaml
-from pydantic import BaseModel, PrivateAttr, model_serializer
+from pydantic import BaseModel, PrivateAttr, ValidationError, model_serializer
 
 from ner_pipeline.errors import ConfigError
 
@@ -193,3 +194,30 @@ def max_export_opset() -> int | None:
         if "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET" in names and isinstance(node.value, ast.Constant):
             return int(node.value.value)
     return None
+
+
+def _describe_error(err: Mapping[str, Any], origin: str) -> str:
+    field = ".".join(str(p) for p in err["loc"]) or "(root)"
+    if err["type"] == "extra_forbidden":
+        return f"{origin}: unknown field '{field}' (check the spelling)"
+    message = err["msg"].removeprefix("Value error, ").replace("Input should be", "must be", 1)
+    got = err.get("input")
+    shown = "" if isinstance(got, dict) or "(got " in message else f" (got {got!r})"
+    return f"{origin}: {field}: {message}{shown}"
+
+
+def describe_validation_error(exc: ValidationError, origin: str) -> str:
+    """One line per validation error: `<origin>: <dotted.field>: <message> (got <value>)`."""
+    return "\n".join(_describe_error(err, origin) for err in exc.errors())
+
+
+def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Flatten nested mappings into dotted keys (MLflow params, config diffs)."""
+    flat: dict[str, Any] = {}
+    for key, value in mapping.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{dotted}."))
+        else:
+            flat[dotted] = value
+    return flat

@@ -35,10 +35,10 @@ STAGE_CODE: dict[str, tuple[str, ...]] = {
     # live in preprocessing, covered through the tokenize key
     # callbacks decide when training stops (early stopping, divergence)
     "train": ("train", "scoring", "callbacks", "checkpoints", "evaluate:entity_scores"),
-    "evaluate": ("evaluate", "predict", "backends", "decoding", "words", "report", "plots"),
+    "evaluate": ("evaluate", "predict", "backends", "decoding", "words", "report", "plots", "predictions"),
     # the parity check runs the predictors and entity_scores, and decides which variants are accepted
     "export": ("export", "predict", "backends", "decoding", "words", "evaluate:entity_scores"),
-    "register": ("registry.register", "registry.tags", "registry.pyfunc"),
+    "register": ("registry.register", "registry.tags", "registry.pyfunc", "registry.gate"),
 }
 
 # Modules the stages' code imports that do not decide what a stage writes; a test checks that every module a
@@ -50,6 +50,7 @@ NOT_DECIDING: dict[str, str] = {
     "modelref": "resolves a model reference; the resolved files' hashes are in the keys",
     "plots": "training curves are pictures beside the model (evaluate declares it for its figures)",
     "registry.client": "how the registry is reached, not what is registered",
+    "registry.catalog": "the gate fetches a production model with it at promotion time, after registration",
     "registry.card": "the model card is written to the registry beside the version, not into the register artifact",
 }
 

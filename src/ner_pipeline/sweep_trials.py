@@ -20,8 +20,8 @@ from pydantic import ValidationError
 
 from ner_pipeline import pipeline, tracking
 from ner_pipeline.artifacts import Artifact
-from ner_pipeline.config import PipelineConfig, flatten
-from ner_pipeline.configfile import merge_dicts
+from ner_pipeline.config import PipelineConfig
+from ner_pipeline.configfile import flatten, merge_dicts
 from ner_pipeline.errors import ConfigError, NerPipelineError
 
 logger = logging.getLogger(__name__)

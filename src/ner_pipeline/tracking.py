@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from ner_pipeline.artifacts import Artifact
-from ner_pipeline.config import DEFAULT_TRACKING_URI, PipelineConfig, TrackingConfig, flatten
-from ner_pipeline.configfile import absolute_store_uri
+from ner_pipeline.config import DEFAULT_TRACKING_URI, PipelineConfig, TrackingConfig
+from ner_pipeline.configfile import absolute_store_uri, flatten
 
 logger = logging.getLogger(__name__)
 

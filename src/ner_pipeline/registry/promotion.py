@@ -43,7 +43,7 @@ from typing import Any
 from ner_pipeline.config import RegistryConfig
 from ner_pipeline.errors import RegistryError
 from ner_pipeline.registry import gate
-from ner_pipeline.registry.client import client_for
+from ner_pipeline.registry.client import existing_client
 from ner_pipeline.registry.lock import alias_lock
 from ner_pipeline.registry.tags import (
     ACTOR_TAG,
@@ -147,7 +147,7 @@ def promote(
     """
     if force and not (reason or "").strip():
         raise RegistryError("--force needs --reason: say why the gate is overridden")
-    client = client_for(tracking_uri)
+    client = existing_client(tracking_uri)
     candidate = get_version(client, name, version)
     for _ in range(ATTEMPTS):
         current = alias_version(client, name, PRODUCTION)
@@ -198,7 +198,7 @@ def rollback(tracking_uri: str, name: str, reason: str | None) -> Decision:
 
     if not (reason or "").strip():
         raise RegistryError("rollback needs --reason: say why production is rolled back")
-    client = client_for(tracking_uri)
+    client = existing_client(tracking_uri)
     try:
         client.get_registered_model(name)
     except MlflowException as exc:
@@ -337,7 +337,7 @@ def history(tracking_uri: str, name: str) -> list[dict[str, Any]]:
     from mlflow.exceptions import MlflowException
 
     try:
-        entries = _entries(client_for(tracking_uri), name)
+        entries = _entries(existing_client(tracking_uri), name)
     except MlflowException as exc:
         raise RegistryError(f"registered model '{name}': {exc.message}") from None
     return [{**e, "interval": e.get("interval") or "-", "state": e.get("state", "done")} for _, e in entries]
