@@ -40,6 +40,16 @@ def load_study(folder: Path):
     return optuna.load_study(study_name="tiny-sweep", storage=f"sqlite:///{folder}/optuna.db")
 
 
+def study_finished_a_trial(folder: Path) -> bool:
+    """True once the study exists and has a finished trial (the file appears before the study is written)."""
+    if not (folder / "optuna.db").is_file():
+        return False
+    try:
+        return _finished(load_study(folder))
+    except KeyError:  # optuna: "Record does not exist" until the sweep has created the study
+        return False
+
+
 def test_a_distribution_without_bounds_fails_naming_the_key(tmp_path: Path, tiny_base_dir: Path):
     from ner_pipeline.config import load_config
 
@@ -114,7 +124,7 @@ def test_a_killed_sweep_resumes_and_runs_the_missing_trials(tmp_path: Path, tiny
     )
     try:
         deadline = time.monotonic() + 150
-        while not (tmp_path / "optuna.db").is_file() or not _finished(load_study(tmp_path)):
+        while not study_finished_a_trial(tmp_path):
             assert proc.poll() is None, (tmp_path / "sweep.log").read_text()[-3000:]
             assert time.monotonic() < deadline, "the first trial did not finish in time"
             time.sleep(0.5)
