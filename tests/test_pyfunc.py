@@ -177,21 +177,10 @@ def test_the_logged_model_carries_the_accepted_onnx_file_once_and_nothing_of_the
 @pytest.fixture
 def registry_uris(registered):
     """MLflow's process-wide URIs pointed at the test store for `models:/` loading, then put back."""
-    import mlflow
+    from ner_pipeline.registry.register import fluent_uris
 
-    uri = registered[0]
-    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-    variables = {v: os.environ.get(v) for v in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    yield uri
-    mlflow.set_tracking_uri(previous[0])
-    mlflow.set_registry_uri(previous[1])
-    for name, value in variables.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
+    with fluent_uris(registered[0]):
+        yield registered[0]
 
 
 @pytest.mark.slow

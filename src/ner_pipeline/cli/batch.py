@@ -6,8 +6,7 @@ from typing import Annotated
 
 import typer
 
-from ner_pipeline.cli.common import DEFAULT_CONFIG, ConfigOpt, SetOpt, load, tracking_uri, user_errors
-from ner_pipeline.cli.models import models_app
+from ner_pipeline.cli.common import DEFAULT_CONFIG, ConfigOpt, SetOpt, load, user_errors
 
 app = typer.Typer()
 
@@ -40,17 +39,3 @@ def batch_predict(
         f"{result.output}: {result.texts} texts tagged with {result.model_name}{version} "
         f"({result.computed}/{result.chunks} chunks computed, {result.texts_per_s:.1f} texts/s)"
     )
-
-
-# `models card` belongs to the `models` group; it is registered from here to keep cli/models.py untouched.
-@models_app.command("card")
-@user_errors
-def models_card(
-    ref: Annotated[str, typer.Argument(help="NAME/VERSION, NAME@alias or models:/...")],
-    config: ConfigOpt = DEFAULT_CONFIG,
-    set_: SetOpt = None,
-) -> None:
-    """Print a registered version's model card (Markdown, Hugging Face layout)."""
-    from ner_pipeline.registry.card import read_card
-
-    typer.echo(read_card(tracking_uri(load(config, set_)), ref))

@@ -143,3 +143,16 @@ def _delta(values: list[Any]) -> str:
 
 def _metric(value: float | None) -> str:
     return f"{value:.4f}" if value is not None else "-"
+
+
+@models_app.command("card")
+@user_errors
+def models_card(
+    ref: Annotated[str, typer.Argument(help="NAME/VERSION, NAME@alias or models:/...")],
+    config: ConfigOpt = DEFAULT_CONFIG,
+    set_: SetOpt = None,
+) -> None:
+    """Print a registered version's model card (Markdown, Hugging Face layout)."""
+    from ner_pipeline.registry.card import read_card
+
+    typer.echo(read_card(tracking_uri(load(config, set_)), ref))

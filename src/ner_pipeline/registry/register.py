@@ -158,7 +158,7 @@ def _log_and_create_version(
         served = {"served_backend": variant.backend}
         if variant.onnx_file is not None:
             served["served_onnx_file"] = variant.onnx_file.name
-        with _fluent_uris(tracking_uri), mlflow.start_run(run_id=run_id) as run:
+        with fluent_uris(tracking_uri), mlflow.start_run(run_id=run_id) as run:
             signature, example = pyfunc_signature()
             info = mlflow.pyfunc.log_model(
                 name=MODEL_ARTIFACT_PATH,
@@ -179,10 +179,11 @@ _URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 
 
 @contextmanager
-def _fluent_uris(tracking_uri: str) -> Iterator[None]:
+def fluent_uris(tracking_uri: str) -> Iterator[None]:
     """Point MLflow's fluent API (tracking and registry) at `tracking_uri` for a block, then restore both.
 
-    Only `_log_and_create_version` uses this; see its docstring for why it cannot do without.
+    Only `_log_and_create_version` uses this in the library; see its docstring for why it cannot do without.
+    Tests that load `models:/` URIs through MLflow's own loaders use it too.
     """
     import mlflow
 
