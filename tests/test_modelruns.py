@@ -43,7 +43,7 @@ def run_tracked(cfg: PipelineConfig, stages: list[str] | None = None) -> pipelin
 def all_runs(uri: str) -> list:
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri=uri)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     return client.search_runs([e.experiment_id for e in client.search_experiments()])
 
 
@@ -54,7 +54,7 @@ def test_reruns_log_into_the_run_that_trained_the_model_and_a_new_model_gets_a_n
 
     cfg = load_config(write_tiny_config(tmp_path, tiny_base_dir, export={"enabled": False}))
     uri = tracking.resolve_tracking_uri(cfg.tracking, {})
-    client = MlflowClient(tracking_uri=uri)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
 
     first = run_tracked(cfg)
     assert first.computed == ["ingest", "tokenize", "train", "evaluate", "register"]
@@ -131,7 +131,7 @@ def test_runs_left_running_by_a_dead_process_are_marked_killed_and_others_are_no
     untagged = tracking.start_run(cfg, uri, tags={"process.host": "", "process.pid": ""})
 
     assert modelruns.mark_dead_runs_killed(uri) == [left.run_id]
-    client = MlflowClient(tracking_uri=uri)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     status = {t.run_id: client.get_run(t.run_id).info.status for t in (left, mine, elsewhere, untagged)}
     assert status == {
         left.run_id: "KILLED",

@@ -186,16 +186,19 @@ def fluent_uris(tracking_uri: str) -> Iterator[None]:
     Tests that load `models:/` URIs through MLflow's own loaders use it too.
     """
     import mlflow
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
 
-    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    # The values as set, not as resolved: get_registry_uri() returns the tracking URI when none was set, and
+    # restoring that would pin every later client's registry to this block's store.
+    previous = tracking_utils._tracking_uri, registry_utils._registry_uri
     variables = {name: os.environ.get(name) for name in _URI_VARIABLES}
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
     try:
         yield
     finally:
-        mlflow.set_tracking_uri(previous[0])
-        mlflow.set_registry_uri(previous[1])
+        tracking_utils._tracking_uri, registry_utils._registry_uri = previous
         for name, value in variables.items():
             if value is None:
                 os.environ.pop(name, None)
