@@ -149,10 +149,10 @@ def test_job_is_logged_to_one_mlflow_run(tmp_path: Path, person_model: Path) -> 
 
 
 def test_batch_predict_command_writes_parquet_and_says_what_it_did(tmp_path: Path, person_model: Path) -> None:
+    from conftest import write_tiny_config
     from typer.testing import CliRunner
 
     from ner_pipeline.cli import app
-    from tests.conftest import write_tiny_config
 
     config = write_tiny_config(tmp_path, person_model)
     corpus = write_txt(tmp_path / "in")
@@ -171,11 +171,11 @@ def test_batch_predict_command_writes_parquet_and_says_what_it_did(tmp_path: Pat
 
 @pytest.mark.slow
 def test_flow_tags_a_corpus_under_prefect(tmp_path: Path, person_model: Path) -> None:
+    from conftest import REPO_ROOT, write_tiny_config
     from prefect.testing.utilities import prefect_test_harness
 
     import ner_pipeline_flows
     import ner_pipeline_tasks
-    from tests.conftest import REPO_ROOT, write_tiny_config
 
     # The installed names point at the checkout the venv was installed from; look in this one first.
     ner_pipeline_flows.__path__.insert(0, str(REPO_ROOT / "flows"))
