@@ -252,6 +252,11 @@ class RemoteArtifactStore(ArtifactStore):
         (`publish_work`), so training resumes where a killed worker left it."""
         folder = self.copies.folder / stage / f".work-{key}"
         folder.mkdir(parents=True, exist_ok=True)
+        with self._lock(stage, key, "restore"):  # torchrun's ranks on one machine restore once
+            self._restore_work(stage, key, folder)
+        return folder
+
+    def _restore_work(self, stage: str, key: str, folder: Path) -> None:
         prefix = self._prefix(stage, f".work-{key}")
         for marker in [r for r in listing(self.fs, prefix) if r.rpartition("/")[2] == COMPLETE]:
             piece = marker.rpartition("/")[0]
@@ -267,7 +272,6 @@ class RemoteArtifactStore(ArtifactStore):
                 continue
             os.rename(tmp, target)
             logger.info("%s: restored %s from %s", stage, piece, self.location(stage, f".work-{key}"))
-        return folder
 
     def publish_work(self, stage: str, key: str, folder: Path) -> None:
         """Upload a finished piece of work below `work_dir` (a checkpoint), its `_complete.json` last; then remove
