@@ -1,0 +1,233 @@
+"""The team set-up end to end, on real servers on loopback (see tests/team_stack.py): PostgreSQL, moto's S3 server,
+`mlflow server` (PostgreSQL + S3), `prefect server` (PostgreSQL), two process workers with their own checkouts and
+cache folders, the deployment of deployments/team.yaml with configs/team.yaml, and `ner-pipeline serve` in a third
+folder. Only the model and the data are shrunk (tiny random model, 300 sentences).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import REPO_ROOT, free_port, wait_for_port, write_tiny_config
+from team_stack import (
+    TeamStack,
+    Worker,
+    flow_run_logs,
+    make_worker,
+    postgres_missing,
+    prefect,
+    run_summary,
+    team_stack,
+    trigger,
+    wait_for_state,
+)
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(postgres_missing() is not None, reason=postgres_missing() or ""),
+]
+
+POOL = "ner-team"
+DEPLOYMENT = "ner-training/team-nightly"
+MODEL = "ner-team"  # registry.model_name in configs/team.yaml
+STAGES = {"ingest", "tokenize", "train", "evaluate", "export", "register"}
+PROJECT_FILES = ["flows", "tasks", "configs", "deployments", "pyproject.toml"]
+CHECKPOINT = re.compile(r"^/train/.*checkpoint-(\d+)/trainer_state\.json$")
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TeamStack]:
+    with team_stack(tmp_path_factory.mktemp("team")) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def workers(stack: TeamStack, tiny_base_dir: Path) -> Iterator[tuple[Worker, Worker]]:
+    """Workers A and B (not started), the pool and the deployment created from worker A's checkout."""
+    env = stack.client_env()
+    a, b = (
+        make_worker(name, stack.folder, POOL, env, [REPO_ROOT / f for f in PROJECT_FILES])
+        for name in ("worker-a", "worker-b")
+    )
+    prefect(env, a.folder / "project", "work-pool", "create", POOL, "--type", "process")
+    # Deployed from a shell where NER_PIPELINE_HOME is not set: the pull step keeps its placeholder for the workers.
+    deploy_env = {k: v for k, v in env.items() if k != "NER_PIPELINE_HOME"}
+    out = prefect(deploy_env, a.folder / "project", "--no-prompt", "deploy", "--all", "--prefect-file",
+                  "deployments/team.yaml")  # fmt: skip
+    assert DEPLOYMENT in out
+    yield a, b
+    a.stop()
+    b.stop()
+
+
+def tiny_overrides(folder: Path, base_model: Path) -> list[str]:
+    """configs/team.yaml shrunk to seconds: the tiny config's model, data and training values; the store and the
+    tracking server stay the team config's."""
+    import yaml
+
+    from ner_pipeline.configfile import flatten
+
+    values = flatten(yaml.safe_load(write_tiny_config(folder, base_model).read_text()))
+    kept = {k: v for k, v in values.items() if k.split(".")[0] in {"data", "model", "tokenize", "train", "export"}}
+    kept |= {"evaluate.bootstrap_samples": 20, "registry.min_first_metric": 0.0}
+    if SHARED_ROOT:
+        kept["artifacts_root"] = SHARED_ROOT
+    return [f"{k}={json.dumps(v)}" for k, v in kept.items()]
+
+
+# configs/team.yaml's store. Until the S3 store lands, a local folder both workers share stands in for it.
+SHARED_ROOT = os.environ.get("NER_TEST_TEAM_ROOT")
+
+
+def artifacts_root(stack: TeamStack) -> str:
+    return SHARED_ROOT or "s3://ner-pipeline/artifacts"
+
+
+def store_objects(stack: TeamStack) -> dict[str, int]:
+    """Every file of the shared artifact store: path relative to the root → size."""
+    import fsspec
+
+    root = artifacts_root(stack)
+    fs, path = fsspec.core.url_to_fs(root, **({"endpoint_url": stack.s3.endpoint} if root.startswith("s3:") else {}))
+    return {name[len(path.rstrip("/")) + 1 :]: info["size"] for name, info in fs.find(path, detail=True).items()}
+
+
+def read_store_json(stack: TeamStack, relative: str) -> dict:
+    import fsspec
+
+    root = artifacts_root(stack)
+    options = {"endpoint_url": stack.s3.endpoint} if root.startswith("s3:") else {}
+    with fsspec.open(f"{root.rstrip('/')}/{relative}", "r", **options) as handle:
+        return json.load(handle)
+
+
+def model_versions(stack: TeamStack) -> list[str]:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=stack.mlflow_uri)
+    return sorted(v.version for v in client.search_model_versions(f"name='{MODEL}'"))
+
+
+def run_on(worker: Worker, stack: TeamStack, overrides: list[str], timeout: float = 300) -> str:
+    """Trigger the team deployment and let `worker` (the only one polling) run it to the end; return the run id."""
+    env = stack.client_env()
+    worker.start()
+    flow_run_id = trigger(env, worker.folder / "project", DEPLOYMENT, overrides)
+    state = wait_for_state(env, flow_run_id, {"COMPLETED", "FAILED", "CRASHED"}, timeout, (worker,))
+    assert state == "COMPLETED", f"{worker.name}: {state}\n{worker.log.read_text()[-4000:]}"
+    return flow_run_id
+
+
+def test_worker_b_reuses_worker_a_artifacts_from_s3_and_a_third_folder_serves_the_model(
+    stack: TeamStack, workers: tuple[Worker, Worker], tiny_base_dir: Path, tmp_path: Path
+):
+    a, b = workers
+    env = stack.client_env()
+    overrides = tiny_overrides(tmp_path, tiny_base_dir)
+
+    started = time.monotonic()
+    first = run_on(a, stack, overrides)
+    a.stop()
+    seconds_a = time.monotonic() - started
+    assert run_summary(env, first) == dict.fromkeys(STAGES, "computed")
+    built = store_objects(stack)
+    assert {key.split("/")[0] for key in built if key.endswith("/manifest.json")} >= STAGES
+    versions = model_versions(stack)
+    assert len(versions) == 1
+    # Nothing of worker B's is on disk yet: whatever it reuses must come from S3.
+    assert not b.cache_home.exists() or not any(b.cache_home.rglob("*"))
+
+    started = time.monotonic()
+    second = run_on(b, stack, overrides)
+    b.stop()
+    seconds_b = time.monotonic() - started
+    assert run_summary(env, second) == dict.fromkeys(STAGES, "cache hit")
+    assert model_versions(stack) == versions, "worker B's all-cached run registered another version"
+    assert store_objects(stack) == built, "worker B's all-cached run wrote to the artifact store"
+    print(f"worker A full run {seconds_a:.1f} s, worker B cached run {seconds_b:.1f} s")
+
+    served = serve_and_predict(stack, tmp_path / "third", ["Angela Merkel visited Paris"])
+    assert served["model"]["version"] == versions[0]
+    assert len(served["predictions"]) == 1 and isinstance(served["predictions"][0]["entities"], list)
+
+
+def serve_and_predict(stack: TeamStack, folder: Path, texts: list[str]) -> dict:
+    """`ner-pipeline serve` of models:/ner-team@production from an empty folder; /model and /predict over HTTP."""
+    folder.mkdir()
+    port = free_port()
+    env = {**stack.client_env(), "XDG_CACHE_HOME": str(folder / "cache"), "HOME": str(folder)}
+    log = folder / "serve.log"
+    cmd = [str(Path(sys.executable).parent / "ner-pipeline"), "serve", "--model", f"models:/{MODEL}@production"]
+    with log.open("w") as handle:
+        proc = subprocess.Popen(
+            [*cmd, "--host", "127.0.0.1", "--port", str(port)],
+            cwd=folder,
+            env=env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        wait_for_port(port, proc, log, timeout=180)
+        base = f"http://127.0.0.1:{port}"
+        model = httpx.get(f"{base}/model", timeout=30).json()
+        answer = httpx.post(f"{base}/predict", json={"texts": texts}, timeout=60)
+        assert answer.status_code == 200, answer.text
+        return {"model": model, "predictions": answer.json()["predictions"]}
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)
+
+
+def test_a_run_killed_during_training_on_worker_a_is_resumed_by_worker_b_from_the_uploaded_checkpoint(
+    stack: TeamStack, workers: tuple[Worker, Worker], tiny_base_dir: Path, tmp_path: Path
+):
+    a, b = workers
+    env = stack.client_env()
+    # Another seed: a train key no run has built. Enough steps to be killed between two checkpoints.
+    overrides = [*tiny_overrides(tmp_path, tiny_base_dir), "train.seed=7", "train.epochs=8", "train.save_steps=15"]
+    a.start()
+    flow_run_id = trigger(env, a.folder / "project", DEPLOYMENT, overrides)
+    step = wait_for_checkpoint(stack, a, timeout=240)
+    pids = a.flow_run_pids(flow_run_id)
+    assert pids, f"no process of worker A runs flow run {flow_run_id}"
+    for pid in pids:
+        os.killpg(os.getpgid(pid), signal.SIGKILL) if os.getpgid(pid) != a.proc.pid else os.kill(pid, signal.SIGKILL)
+    assert wait_for_state(env, flow_run_id, {"CRASHED", "FAILED"}, 60, (a,)) in {"CRASHED", "FAILED"}
+    a.stop()
+
+    resumed = run_on(b, stack, overrides)
+    b.stop()
+    assert run_summary(env, resumed)["train"] == "computed"
+    said = [
+        re.search(r"resuming training from .*checkpoint-\d+ \(step (\d+)\)", m) for m in flow_run_logs(env, resumed)
+    ]
+    steps = [int(m.group(1)) for m in said if m]
+    assert steps and steps[0] >= step, f"worker B's logs do not say it resumed from step {step} or later"
+    manifests = [
+        read_store_json(stack, k) for k in store_objects(stack) if re.fullmatch(r"train/[^/]+/manifest.json", k)
+    ]
+    assert steps[0] in [m["stats"].get("resumed_from_step") for m in manifests], "no train artifact records the resume"
+
+
+def wait_for_checkpoint(stack: TeamStack, worker: Worker, timeout: float) -> int:
+    """Wait until a complete training checkpoint is in the shared store; return its step."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        steps = [int(m.group(1)) for key in store_objects(stack) if (m := CHECKPOINT.search("/" + key))]
+        if steps:
+            return max(steps)
+        if worker.proc is not None and worker.proc.poll() is not None:
+            break
+        time.sleep(0.5)
+    pytest.fail(f"no checkpoint reached the store within {timeout} s\n{worker.log.read_text()[-4000:]}")
