@@ -391,14 +391,3 @@ def run_summary(env: dict[str, str], flow_run_id: str) -> dict[str, str]:
         raise RuntimeError(f"flow run {flow_run_id} published no ner-training-summary artifact")
     rows = [line.split("|") for line in found[0]["data"].splitlines() if line.startswith("| ")]
     return {cells[1].strip(): cells[2].strip() for cells in rows if cells[2].strip() in ("computed", "cache hit")}
-
-
-def flow_run_logs(env: dict[str, str], flow_run_id: str) -> list[str]:
-    """Every log message the flow run sent to the Prefect server, oldest first."""
-    messages: list[str] = []
-    while True:
-        body = {"logs": {"flow_run_id": {"any_": [flow_run_id]}}, "sort": "TIMESTAMP_ASC", "offset": len(messages)}
-        page = _api(env, "POST", "/logs/filter", {**body, "limit": 200})
-        messages += [entry["message"] for entry in page]
-        if len(page) < 200:
-            return messages
