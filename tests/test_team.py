@@ -42,8 +42,15 @@ DEPLOYMENT = "ner-training/team-nightly"
 MODEL = "ner-team"  # registry.model_name in configs/team.yaml
 STAGES = {"ingest", "tokenize", "train", "evaluate", "export", "register"}
 PROJECT_FILES = ["flows", "tasks", "configs", "deployments", "pyproject.toml"]
-# A complete checkpoint of the train stage in the store: the key it trains, the step.
-CHECKPOINT = re.compile(r"^/train/\.?(?:work-)?([0-9a-f]+)/.*checkpoint-(\d+)/trainer_state\.json$")
+
+
+# A complete checkpoint of the train stage in the store (the key it trains, the step): on S3 `_complete.json` is
+# uploaded after the checkpoint's files, in a local store the Trainer writes trainer_state.json last.
+def completed_checkpoints(stack: TeamStack) -> set[tuple[str, int]]:
+    """(train key, step) of every complete checkpoint in the shared store."""
+    done = "_complete" if artifacts_root(stack).startswith("s3:") else "trainer_state"
+    pattern = re.compile(rf"train/\.work-([0-9a-f]+)/.*checkpoint-(\d+)/{done}\.json")
+    return {(m.group(1), int(m.group(2))) for key in store_objects(stack) if (m := pattern.fullmatch(key))}
 
 
 @pytest.fixture(scope="module")
@@ -153,6 +160,8 @@ def test_worker_b_reuses_worker_a_artifacts_from_s3_and_a_third_folder_serves_th
     b.stop()
     seconds_b = time.monotonic() - started
     assert run_summary(env, second) == dict.fromkeys(STAGES, "cache hit")
+    # ...and it fetched only manifests: no artifact file reached its local cache.
+    assert not [p for p in b.cache_home.rglob("*") if p.is_file() and p.suffix in {".safetensors", ".onnx", ".arrow"}]
     assert model_versions(stack) == versions, "worker B's all-cached run registered another version"
     assert store_objects(stack) == built, "worker B's all-cached run wrote to the artifact store"
     print(f"worker A full run {seconds_a:.1f} s, worker B cached run {seconds_b:.1f} s")
@@ -209,8 +218,8 @@ def test_a_run_killed_during_training_on_worker_a_is_resumed_by_worker_b_from_th
         os.killpg(os.getpgid(pid), signal.SIGKILL) if os.getpgid(pid) != a.proc.pid else os.kill(pid, signal.SIGKILL)
     assert wait_for_state(env, flow_run_id, {"CRASHED", "FAILED"}, 60, (a,)) in {"CRASHED", "FAILED"}
     a.stop()
-    uploaded = {int(m.group(2)) for key in store_objects(stack) if (m := CHECKPOINT.search("/" + key))}
-    killed_keys = {m.group(1) for key in store_objects(stack) if (m := CHECKPOINT.search("/" + key))}
+    checkpoints = completed_checkpoints(stack)
+    uploaded, killed_keys = {step for _, step in checkpoints}, {key for key, _ in checkpoints}
     assert uploaded, "the kill left no checkpoint in the store"
 
     resumed = run_on(b, stack, overrides)
@@ -224,13 +233,12 @@ def test_a_run_killed_during_training_on_worker_a_is_resumed_by_worker_b_from_th
     assert resumed_from and resumed_from[0] in uploaded, f"B resumed from {resumed_from}, A uploaded {uploaded}"
 
 
-def wait_for_checkpoint(stack: TeamStack, worker: Worker, timeout: float) -> int:
-    """Wait until a complete training checkpoint is in the shared store; return its step."""
+def wait_for_checkpoint(stack: TeamStack, worker: Worker, timeout: float) -> None:
+    """Wait until a complete training checkpoint is in the shared store."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        steps = [int(m.group(2)) for key in store_objects(stack) if (m := CHECKPOINT.search("/" + key))]
-        if steps:
-            return max(steps)
+        if completed_checkpoints(stack):
+            return
         if worker.proc is not None and worker.proc.poll() is not None:
             break
         time.sleep(0.5)
