@@ -101,12 +101,20 @@ def artifacts_root(stack: TeamStack) -> str:
     return SHARED_ROOT or "s3://ner-pipeline/artifacts"
 
 
+def s3_options(stack: TeamStack, root: str) -> dict[str, str]:
+    """This test process reads the store with the same fake keys the workers get from their environment."""
+    if not root.startswith("s3:"):
+        return {}
+    env = stack.s3.env
+    return {"endpoint_url": stack.s3.endpoint, "key": env["AWS_ACCESS_KEY_ID"], "secret": env["AWS_SECRET_ACCESS_KEY"]}
+
+
 def store_objects(stack: TeamStack) -> dict[str, int]:
     """Every file of the shared artifact store: path relative to the root → size."""
     import fsspec
 
     root = artifacts_root(stack)
-    fs, path = fsspec.core.url_to_fs(root, **({"endpoint_url": stack.s3.endpoint} if root.startswith("s3:") else {}))
+    fs, path = fsspec.core.url_to_fs(root, **s3_options(stack, root))
     return {name[len(path.rstrip("/")) + 1 :]: info["size"] for name, info in fs.find(path, detail=True).items()}
 
 
@@ -114,8 +122,7 @@ def read_store_json(stack: TeamStack, relative: str) -> dict:
     import fsspec
 
     root = artifacts_root(stack)
-    options = {"endpoint_url": stack.s3.endpoint} if root.startswith("s3:") else {}
-    with fsspec.open(f"{root.rstrip('/')}/{relative}", "r", **options) as handle:
+    with fsspec.open(f"{root.rstrip('/')}/{relative}", "r", **s3_options(stack, root)) as handle:
         return json.load(handle)
 
 
