@@ -152,11 +152,40 @@ def postgres_cluster(databases: tuple[str, ...] = ("mlflow", "prefect")) -> Iter
 
 
 @dataclass
+class Traffic:
+    """Bytes that crossed the S3 server: request bodies in (uploads), response bodies out (downloads)."""
+
+    uploaded: int = 0
+    downloaded: int = 0
+    requests: int = 0
+
+    def since(self, before: Traffic) -> Traffic:
+        return Traffic(
+            self.uploaded - before.uploaded, self.downloaded - before.downloaded, self.requests - before.requests
+        )
+
+
+class _CountingApp:
+    """WSGI middleware in front of moto's app: counts the body bytes of every request and response."""
+
+    def __init__(self, app, traffic: Traffic) -> None:
+        self.app, self.traffic = app, traffic
+
+    def __call__(self, environ, start_response):
+        self.traffic.requests += 1
+        self.traffic.uploaded += int(environ.get("CONTENT_LENGTH") or 0)
+        for chunk in self.app(environ, start_response):
+            self.traffic.downloaded += len(chunk)
+            yield chunk
+
+
+@dataclass
 class S3:
     """moto's S3 server on loopback and one bucket; `env` is what a client process needs to reach it."""
 
     endpoint: str
     bucket: str
+    traffic: Traffic = field(default_factory=Traffic)
 
     @property
     def env(self) -> dict[str, str]:
@@ -197,8 +226,10 @@ def s3_server(bucket: str = "ner-team") -> Iterator[S3]:
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
+    s3 = S3(f"http://127.0.0.1:{port}", bucket)
+    # The server object is moto's; only its WSGI app is wrapped, to count what crosses it (bench/team_cache.py).
+    server._server.app = _CountingApp(server._server.app, s3.traffic)
     try:
-        s3 = S3(f"http://127.0.0.1:{port}", bucket)
         s3.client().create_bucket(Bucket=bucket)
         yield s3
     finally:
@@ -348,11 +379,12 @@ def make_worker(name: str, root: Path, pool: str, base_env: dict[str, str], proj
 # --- deployments and flow runs (Prefect's REST API) --------------------------------------------------------------
 
 
-def trigger(env: dict[str, str], cwd: Path, deployment: str, overrides: list[str]) -> str:
-    """`prefect deployment run DEPLOYMENT --param overrides=[...]`; returns the flow run id."""
+def trigger(env: dict[str, str], cwd: Path, deployment: str, overrides: list[str], **parameters: object) -> str:
+    """`prefect deployment run DEPLOYMENT --param overrides=[...]` (and other parameters); returns the flow run id."""
     import json
 
-    out = prefect(env, cwd, "deployment", "run", deployment, "--param", f"overrides={json.dumps(overrides)}")
+    params = [f"{k}={json.dumps(v)}" for k, v in {"overrides": overrides, **parameters}.items()]
+    out = prefect(env, cwd, "deployment", "run", deployment, *(a for p in params for a in ("--param", p)))
     return next(line.split()[-1] for line in out.splitlines() if "UUID" in line)
 
 
@@ -391,3 +423,49 @@ def run_summary(env: dict[str, str], flow_run_id: str) -> dict[str, str]:
         raise RuntimeError(f"flow run {flow_run_id} published no ner-training-summary artifact")
     rows = [line.split("|") for line in found[0]["data"].splitlines() if line.startswith("| ")]
     return {cells[1].strip(): cells[2].strip() for cells in rows if cells[2].strip() in ("computed", "cache hit")}
+
+
+# --- the team deployment ------------------------------------------------------------------------------------------
+
+POOL = "ner-team"
+DEPLOYMENT = "ner-training/team-nightly"  # deployments/team.yaml
+PROJECT_FILES = ("flows", "tasks", "configs", "deployments", "pyproject.toml")
+
+
+def deploy_team(stack: TeamStack, repo: Path) -> Path:
+    """Create the process pool and deploy deployments/team.yaml from a checkout of `repo`; returns that checkout.
+
+    Deployed from a shell without NER_PIPELINE_HOME: the pull step keeps its placeholder, each worker fills it in.
+    """
+    env = {k: v for k, v in stack.client_env().items() if k != "NER_PIPELINE_HOME"}
+    deployer = make_worker("deployer", stack.folder, POOL, env, [repo / name for name in PROJECT_FILES])
+    project = deployer.folder / "project"
+    prefect(env, project, "work-pool", "create", POOL, "--type", "process")
+    out = prefect(env, project, "--no-prompt", "deploy", "--all", "--prefect-file", "deployments/team.yaml")
+    if DEPLOYMENT not in out:
+        raise RuntimeError(f"prefect deploy did not create {DEPLOYMENT}:\n{out}")
+    return project
+
+
+def new_worker(stack: TeamStack, name: str, repo: Path) -> Worker:
+    """A worker machine: its own checkout of `repo`, an empty cache home, the team's environment."""
+    return make_worker(name, stack.folder, POOL, stack.client_env(), [repo / name for name in PROJECT_FILES])
+
+
+def run_deployment(
+    worker: Worker, stack: TeamStack, overrides: list[str], timeout: float = 600, **parameters: object
+) -> tuple[str, float]:
+    """Start `worker` (it must be the only one polling), trigger the team deployment and wait until the run ends.
+
+    Returns the flow run id and the seconds from trigger to the end. Raises with the worker's log unless the run
+    completed. The worker keeps running: stop it before another worker is meant to take the next run.
+    """
+    env = stack.client_env()
+    if worker.proc is None:
+        worker.start()
+    started = time.monotonic()
+    flow_run_id = trigger(env, worker.folder / "project", DEPLOYMENT, overrides, **parameters)
+    state = wait_for_state(env, flow_run_id, {"COMPLETED", "FAILED", "CRASHED"}, timeout, (worker,))
+    if state != "COMPLETED":
+        raise RuntimeError(f"{worker.name}: flow run {flow_run_id} ended {state}\n{tail(worker.log)}")
+    return flow_run_id, time.monotonic() - started

@@ -21,11 +21,13 @@ import pytest
 from conftest import REPO_ROOT, free_port, wait_for_port, write_tiny_config
 from serve_support import wait_ready
 from team_stack import (
+    DEPLOYMENT,
     TeamStack,
     Worker,
-    make_worker,
+    deploy_team,
+    new_worker,
     postgres_missing,
-    prefect,
+    run_deployment,
     run_summary,
     team_stack,
     trigger,
@@ -37,19 +39,13 @@ pytestmark = [
     pytest.mark.skipif(postgres_missing() is not None, reason=postgres_missing() or ""),
 ]
 
-POOL = "ner-team"
-DEPLOYMENT = "ner-training/team-nightly"
 MODEL = "ner-team"  # registry.model_name in configs/team.yaml
 STAGES = {"ingest", "tokenize", "train", "evaluate", "export", "register"}
-PROJECT_FILES = ["flows", "tasks", "configs", "deployments", "pyproject.toml"]
 
 
-# A complete checkpoint of the train stage in the store (the key it trains, the step): on S3 `_complete.json` is
-# uploaded after the checkpoint's files, in a local store the Trainer writes trainer_state.json last.
 def completed_checkpoints(stack: TeamStack) -> set[tuple[str, int]]:
     """(train key, step) of every complete checkpoint in the shared store."""
-    done = "_complete" if artifacts_root(stack).startswith("s3:") else "trainer_state"
-    pattern = re.compile(rf"train/\.work-([0-9a-f]+)/.*checkpoint-(\d+)/{done}\.json")
+    pattern = re.compile(r"train/\.work-([0-9a-f]+)/.*checkpoint-(\d+)/_complete\.json")  # uploaded last
     return {(m.group(1), int(m.group(2))) for key in store_objects(stack) if (m := pattern.fullmatch(key))}
 
 
@@ -60,19 +56,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TeamStack]:
 
 
 @pytest.fixture(scope="module")
-def workers(stack: TeamStack, tiny_base_dir: Path) -> Iterator[tuple[Worker, Worker]]:
-    """Workers A and B (not started), the pool and the deployment created from worker A's checkout."""
-    env = stack.client_env()
-    a, b = (
-        make_worker(name, stack.folder, POOL, env, [REPO_ROOT / f for f in PROJECT_FILES])
-        for name in ("worker-a", "worker-b")
-    )
-    prefect(env, a.folder / "project", "work-pool", "create", POOL, "--type", "process")
-    # Deployed from a shell where NER_PIPELINE_HOME is not set: the pull step keeps its placeholder for the workers.
-    deploy_env = {k: v for k, v in env.items() if k != "NER_PIPELINE_HOME"}
-    out = prefect(deploy_env, a.folder / "project", "--no-prompt", "deploy", "--all", "--prefect-file",
-                  "deployments/team.yaml")  # fmt: skip
-    assert DEPLOYMENT in out
+def workers(stack: TeamStack) -> Iterator[tuple[Worker, Worker]]:
+    """Workers A and B (not started: a test decides who polls), after the pool and the team deployment exist."""
+    deploy_team(stack, REPO_ROOT)
+    a, b = new_worker(stack, "worker-a", REPO_ROOT), new_worker(stack, "worker-b", REPO_ROOT)
     yield a, b
     a.stop()
     b.stop()
@@ -88,42 +75,19 @@ def tiny_overrides(folder: Path, base_model: Path) -> list[str]:
     values = flatten(yaml.safe_load(write_tiny_config(folder, base_model).read_text()))
     kept = {k: v for k, v in values.items() if k.split(".")[0] in {"data", "model", "tokenize", "train", "export"}}
     kept |= {"evaluate.bootstrap_samples": 20, "registry.min_first_metric": 0.0}
-    if SHARED_ROOT:
-        kept["artifacts_root"] = SHARED_ROOT
     return [f"{k}={json.dumps(v)}" for k, v in kept.items()]
 
 
-# configs/team.yaml's store. Until the S3 store lands, a local folder both workers share stands in for it.
-SHARED_ROOT = os.environ.get("NER_TEST_TEAM_ROOT")
-
-
-def artifacts_root(stack: TeamStack) -> str:
-    return SHARED_ROOT or "s3://ner-pipeline/artifacts"
-
-
-def s3_options(stack: TeamStack, root: str) -> dict[str, str]:
-    """This test process reads the store with the same fake keys the workers get from their environment."""
-    if not root.startswith("s3:"):
-        return {}
-    env = stack.s3.env
-    return {"endpoint_url": stack.s3.endpoint, "key": env["AWS_ACCESS_KEY_ID"], "secret": env["AWS_SECRET_ACCESS_KEY"]}
+PREFIX = "artifacts/"  # configs/team.yaml: artifacts_root s3://ner-pipeline/artifacts (the stack's bucket)
 
 
 def store_objects(stack: TeamStack) -> dict[str, int]:
-    """Every file of the shared artifact store: path relative to the root → size."""
-    import fsspec
-
-    root = artifacts_root(stack)
-    fs, path = fsspec.core.url_to_fs(root, **s3_options(stack, root))
-    return {name[len(path.rstrip("/")) + 1 :]: info["size"] for name, info in fs.find(path, detail=True).items()}
+    """Every object of the shared artifact store: key below the root → size."""
+    return {key.removeprefix(PREFIX): size for key, size in stack.s3.keys(PREFIX).items()}
 
 
 def read_store_json(stack: TeamStack, relative: str) -> dict:
-    import fsspec
-
-    root = artifacts_root(stack)
-    with fsspec.open(f"{root.rstrip('/')}/{relative}", "r", **s3_options(stack, root)) as handle:
-        return json.load(handle)
+    return json.loads(stack.s3.client().get_object(Bucket=stack.s3.bucket, Key=PREFIX + relative)["Body"].read())
 
 
 def model_versions(stack: TeamStack) -> list[str]:
@@ -133,16 +97,6 @@ def model_versions(stack: TeamStack) -> list[str]:
     return sorted(v.version for v in client.search_model_versions(f"name='{MODEL}'"))
 
 
-def run_on(worker: Worker, stack: TeamStack, overrides: list[str], timeout: float = 300) -> str:
-    """Trigger the team deployment and let `worker` (the only one polling) run it to the end; return the run id."""
-    env = stack.client_env()
-    worker.start()
-    flow_run_id = trigger(env, worker.folder / "project", DEPLOYMENT, overrides)
-    state = wait_for_state(env, flow_run_id, {"COMPLETED", "FAILED", "CRASHED"}, timeout, (worker,))
-    assert state == "COMPLETED", f"{worker.name}: {state}\n{worker.log.read_text()[-4000:]}"
-    return flow_run_id
-
-
 def test_worker_b_reuses_worker_a_artifacts_from_s3_and_a_third_folder_serves_the_model(
     stack: TeamStack, workers: tuple[Worker, Worker], tiny_base_dir: Path, tmp_path: Path
 ):
@@ -150,10 +104,8 @@ def test_worker_b_reuses_worker_a_artifacts_from_s3_and_a_third_folder_serves_th
     env = stack.client_env()
     overrides = tiny_overrides(tmp_path, tiny_base_dir)
 
-    started = time.monotonic()
-    first = run_on(a, stack, overrides)
+    first, seconds_a = run_deployment(a, stack, overrides)
     a.stop()
-    seconds_a = time.monotonic() - started
     assert run_summary(env, first) == dict.fromkeys(STAGES, "computed")
     built = store_objects(stack)
     assert {key.split("/")[0] for key in built if key.endswith("/manifest.json")} >= STAGES
@@ -162,10 +114,8 @@ def test_worker_b_reuses_worker_a_artifacts_from_s3_and_a_third_folder_serves_th
     # Nothing of worker B's is on disk yet: whatever it reuses must come from S3.
     assert not b.cache_home.exists() or not any(b.cache_home.rglob("*"))
 
-    started = time.monotonic()
-    second = run_on(b, stack, overrides)
+    second, seconds_b = run_deployment(b, stack, overrides)
     b.stop()
-    seconds_b = time.monotonic() - started
     assert run_summary(env, second) == dict.fromkeys(STAGES, "cache hit")
     # ...and it fetched only manifests: no artifact file reached its local cache.
     assert not [p for p in b.cache_home.rglob("*") if p.is_file() and p.suffix in {".safetensors", ".onnx", ".arrow"}]
@@ -229,7 +179,7 @@ def test_a_run_killed_during_training_on_worker_a_is_resumed_by_worker_b_from_th
     uploaded, killed_keys = {step for _, step in checkpoints}, {key for key, _ in checkpoints}
     assert uploaded, "the kill left no checkpoint in the store"
 
-    resumed = run_on(b, stack, overrides)
+    resumed, _ = run_deployment(b, stack, overrides)
     b.stop()
     assert run_summary(env, resumed)["train"] == "computed"
     # The train artifact B published records where its Trainer started: a checkpoint A uploaded before the kill.
