@@ -344,8 +344,9 @@ class Worker:
             stop_process(self.proc)
             self.proc = None
 
-    def flow_run_pids(self, flow_run_id: str) -> list[int]:
-        """The processes (under this worker) running `flow_run_id`: they carry PREFECT__FLOW_RUN_ID."""
+    def kill_flow_run(self, flow_run_id: str) -> int:
+        """SIGKILL the process group running `flow_run_id` under this worker, as a lost machine would; the worker
+        itself lives on and reports the run crashed. Returns how many processes carried the run's id."""
         wanted = f"PREFECT__FLOW_RUN_ID={flow_run_id}".encode()
         pids = []
         for entry in Path("/proc").iterdir():
@@ -353,7 +354,16 @@ class Worker:
                 with contextlib.suppress(OSError):
                     if wanted in (entry / "environ").read_bytes().split(b"\0"):
                         pids.append(int(entry.name))
-        return pids
+        worker_group = os.getpgid(self.proc.pid) if self.proc is not None else None
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                group = os.getpgid(pid)
+                # Prefect may start the run in the worker's own process group: then only the run's process goes.
+                if group == worker_group:
+                    os.kill(pid, signal.SIGKILL)
+                else:
+                    os.killpg(group, signal.SIGKILL)
+        return len(pids)
 
 
 def make_worker(name: str, root: Path, pool: str, base_env: dict[str, str], project_files: list[Path]) -> Worker:

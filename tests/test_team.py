@@ -169,10 +169,7 @@ def test_a_run_killed_during_training_on_worker_a_is_resumed_by_worker_b_from_th
     a.start()
     flow_run_id = trigger(env, a.folder / "project", DEPLOYMENT, overrides)
     wait_for_checkpoint(stack, a, timeout=240)
-    pids = a.flow_run_pids(flow_run_id)
-    assert pids, f"no process of worker A runs flow run {flow_run_id}"
-    for pid in pids:
-        os.killpg(os.getpgid(pid), signal.SIGKILL) if os.getpgid(pid) != a.proc.pid else os.kill(pid, signal.SIGKILL)
+    assert a.kill_flow_run(flow_run_id), f"no process of worker A runs flow run {flow_run_id}"
     assert wait_for_state(env, flow_run_id, {"CRASHED", "FAILED"}, 60, (a,)) in {"CRASHED", "FAILED"}
     a.stop()
     checkpoints = completed_checkpoints(stack)
