@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import shutil
 import statistics
 import sys
@@ -55,11 +56,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="worker B runs, each on a new empty disk")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="team-cache-"))
+    load_before = os.getloadavg()[1]
     try:
         with team_stack(folder) as stack:
             store_bytes, rows = run_all(stack, args.repeats)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+    rows["load_avg_5min"] = [load_before, os.getloadavg()[1]]
     report(rows, store_bytes, args.repeats)
 
 
@@ -89,7 +92,8 @@ def report(rows: dict, store_bytes: int, repeats: int) -> None:
     write_results(
         "team_cache",
         {"command": command, "store_bytes": store_bytes, "worker_a": a, "worker_b": b_runs,
-         "worker_b_median": b_median, "selected_stage": selected, "speedup": speedup},
+         "worker_b_median": b_median, "selected_stage": selected, "speedup": speedup,
+         "load_avg_5min": rows["load_avg_5min"]},
     )  # fmt: skip
 
     def row(label: str, r: dict) -> list:
@@ -112,7 +116,8 @@ process workers, each with its own checkout and an empty `XDG_CACHE_HOME`. Worke
 it trains for minutes); then {repeats} new workers B run the same deployment (median); then a new worker runs only
 evaluate with `evaluate.bootstrap_samples=200`. Wall time from `prefect deployment run` to the end of the flow run;
 S3 bytes are the bodies that crossed the S3 server (MLflow's artifact traffic included). The store holds
-{store_bytes / MB:.1f} MB after worker A. Machine: {machine()}.
+{store_bytes / MB:.1f} MB after worker A. Machine: {machine()}; 5-minute load average {rows["load_avg_5min"][0]:.1f} at
+the start, {rows["load_avg_5min"][1]:.1f} at the end (other jobs shared the cores).
 
 {table}
 
