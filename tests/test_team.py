@@ -104,7 +104,7 @@ def test_worker_b_reuses_worker_a_artifacts_from_s3_and_a_third_folder_serves_th
     env = stack.client_env()
     overrides = tiny_overrides(tmp_path, tiny_base_dir)
 
-    first, seconds_a = run_deployment(a, stack, overrides)
+    first, _ = run_deployment(a, stack, overrides)
     a.stop()
     assert run_summary(env, first) == dict.fromkeys(STAGES, "computed")
     built = store_objects(stack)
@@ -114,14 +114,15 @@ def test_worker_b_reuses_worker_a_artifacts_from_s3_and_a_third_folder_serves_th
     # Nothing of worker B's is on disk yet: whatever it reuses must come from S3.
     assert not b.cache_home.exists() or not any(b.cache_home.rglob("*"))
 
-    second, seconds_b = run_deployment(b, stack, overrides)
+    second, _ = run_deployment(b, stack, overrides)
     b.stop()
     assert run_summary(env, second) == dict.fromkeys(STAGES, "cache hit")
-    # ...and it fetched only manifests: no artifact file reached its local cache.
-    assert not [p for p in b.cache_home.rglob("*") if p.is_file() and p.suffix in {".safetensors", ".onnx", ".arrow"}]
+    # ...and it fetched only manifests: no artifact file reached its local cache (cache.local_dir's default).
+    local = b.cache_home / "ner-pipeline" / "artifacts"
+    assert local.is_dir(), "worker B did not use its own XDG_CACHE_HOME"
+    assert not [p for p in local.rglob("*") if p.is_file() and p.stat().st_size and p.name != "manifest.json"]
     assert model_versions(stack) == versions, "worker B's all-cached run registered another version"
     assert store_objects(stack) == built, "worker B's all-cached run wrote to the artifact store"
-    print(f"worker A full run {seconds_a:.1f} s, worker B cached run {seconds_b:.1f} s")
 
     served = serve_and_predict(stack, tmp_path / "third", ["Angela Merkel visited Paris"])
     info, answer = served["info"], served["answer"]
