@@ -15,10 +15,9 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO_ROOT, free_port, wait_for_port, write_tiny_config
+from team_stack import PREFECT, prefect, trigger
 
 pytestmark = pytest.mark.slow
-
-PREFECT = [sys.executable, "-m", "prefect"]
 
 
 @pytest.fixture
@@ -51,12 +50,6 @@ def prefect_server(tmp_path: Path):
         proc.kill()
 
 
-def prefect(env: dict[str, str], cwd: Path, *args: str, timeout: float = 300) -> str:
-    result = subprocess.run([*PREFECT, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, f"prefect {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
-    return result.stdout
-
-
 def copy_project(dest: Path) -> Path:
     for name in ("flows", "tasks", "configs", "deployments"):
         shutil.copytree(REPO_ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
@@ -65,16 +58,7 @@ def copy_project(dest: Path) -> Path:
 
 def trigger_and_work(env: dict[str, str], project: Path, overrides: list[str]) -> str:
     """Trigger the nightly deployment, let one worker poll pick it up, and return the final state's name."""
-    out = prefect(
-        env,
-        project,
-        "deployment",
-        "run",
-        "ner-training/nightly",
-        "--param",
-        f"overrides={json.dumps(overrides)}",
-    )
-    flow_run_id = next(line.split()[-1] for line in out.splitlines() if "UUID" in line)
+    flow_run_id = trigger(env, project, "ner-training/nightly", overrides)
     prefect(env, project, "worker", "start", "--pool", "ner-process", "--run-once", timeout=600)
     code = (
         "import asyncio, sys\n"
