@@ -2,11 +2,11 @@
 
 A remote artifact is copied to `<local_dir>/<root digest>/<stage>/<key>/` the first time a consumer asks for its
 `Artifact.path`, each file checked against the manifest's sha256 on arrival; `Artifact.files(...)` copies only the
-files a consumer names (evaluate reads the model, not the training curves), so a copy may be partial. The copies of all roots share
-`cache.local_max_gb`: after a new copy, the least recently used complete copies go until the cache fits, never
-one a process on this machine is using (each process holds a shared lock on every copy it has read until it ends;
-eviction needs the exclusive lock). Builds of a remote store run here too (`.tmp-*`), and so does training's work
-folder (`.work-*`), which eviction leaves alone.
+files a consumer names (evaluate reads the model, not the training curves), so a copy may be partial; a file in
+it is always complete and verified. The copies of all roots share `cache.local_max_gb`: after a new copy, the
+least recently used copies go until the cache fits, never one a process on this machine is using (each process
+holds a shared lock on every copy it has read until it ends; eviction needs the exclusive lock). Builds of a
+remote store run here too (`.tmp-*`), and so does training's work folder (`.work-*`), which eviction leaves alone.
 """
 
 from __future__ import annotations

@@ -153,7 +153,7 @@ def stream_object(fs: Any, path: str, target: Path | None = None) -> tuple[int, 
     sequential read asks for each byte once, and hashes as it writes instead of reading the copy back.
     """
     digest, size = hashlib.sha256(), 0
-    with fs.open(path, "rb") as handle, (target.open("wb") if target else contextlib.nullcontext()) as out:
+    with fs.open(path, "rb") as handle, target.open("wb") if target else contextlib.nullcontext() as out:
         for chunk in iter(lambda: handle.read(CHUNK), b""):
             digest.update(chunk)
             size += len(chunk)
