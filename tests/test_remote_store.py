@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import subprocess
 import sys
 import threading
@@ -35,7 +36,8 @@ class RequestLog(logging.Handler):
         self.lines: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
+        # werkzeug colours the lines of some statuses (206 for a ranged read, 404) with terminal escapes
+        self.lines.append(re.sub(r"\x1b\[[0-9;]*m", "", record.getMessage()))
 
     def object_gets(self, bucket: str) -> list[str]:
         """Keys of the objects read (GET of an object, not a listing)."""

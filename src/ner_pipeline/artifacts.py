@@ -67,6 +67,13 @@ class Artifact:
             return Path(self.location)
         return self.copies.materialise(self)
 
+    def files(self, *parts: str) -> Path:
+        """The artifact's local folder holding at least its files at or below `parts` (relative paths such as
+        `model` or `dataset/test`): a remote artifact downloads only those."""
+        if self.copies is None:
+            return Path(self.location)
+        return self.copies.materialise(self, parts)
+
     @property
     def stats(self) -> dict[str, Any]:
         """Stage statistics and metrics recorded in the manifest."""

@@ -280,8 +280,8 @@ def run_evaluate(
     key = evaluate_key(cfg, ingest_artifact.key, train_artifact.key)
 
     def produce(folder: Path) -> dict[str, Any]:
-        predictor = Predictor.load(train_artifact.path / "model", batch_size=cfg.batch_size)
-        data = load_splits(ingest_artifact)
+        predictor = Predictor.load(train_artifact.files("model") / "model", batch_size=cfg.batch_size)
+        data = load_splits(ingest_artifact, ("validation", "test"))
         names = read_labels(ingest_artifact)
         splits = {
             name: LabelledSplit(

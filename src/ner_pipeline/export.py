@@ -212,9 +212,9 @@ def run_export(
     key = export_key(cfg, ingest_artifact.key, train_artifact.key)
 
     def produce(folder: Path) -> dict[str, Any]:
-        model_dir = train_artifact.path / "model"  # read only on a miss: a remote artifact is downloaded then
+        model_dir = train_artifact.files("model") / "model"  # read only on a miss: a remote one is downloaded then
         variants, target = build_variants(cfg, model_dir, folder)
-        validation = load_splits(ingest_artifact)["validation"]
+        validation = load_splits(ingest_artifact, ("validation",))["validation"]
         limit = cfg.parity_sentences or len(validation)
         names = read_labels(ingest_artifact)
         sentences = validation["tokens"][:limit]

@@ -250,16 +250,20 @@ def run_ingest(cfg: DataConfig, store: ArtifactStore) -> Artifact:
     return artifact
 
 
-def load_splits(artifact: Artifact) -> Any:
-    """The `DatasetDict` of an ingest artifact."""
-    from datasets import load_from_disk
+def load_splits(artifact: Artifact, splits: Sequence[str] | None = None) -> Any:
+    """The `DatasetDict` of an ingest artifact: every split, or only `splits` (a remote artifact then downloads
+    only those)."""
+    from datasets import Dataset, DatasetDict, load_from_disk
 
-    return load_from_disk(str(artifact.path / "dataset"))
+    if splits is None:
+        return load_from_disk(str(artifact.path / "dataset"))
+    folder = artifact.files(*(f"dataset/{name}" for name in splits)) / "dataset"
+    return DatasetDict({name: Dataset.load_from_disk(str(folder / name)) for name in splits})
 
 
 def read_labels(artifact: Artifact) -> list[str]:
     """The label list of an ingest artifact (O first, then B-/I- per type)."""
-    return json.loads((artifact.path / "labels.json").read_text(encoding="utf-8"))
+    return json.loads((artifact.files("labels.json") / "labels.json").read_text(encoding="utf-8"))
 
 
 # --- data to score a model on ----------------------------------------------------------------------------------

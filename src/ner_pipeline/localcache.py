@@ -1,15 +1,17 @@
 """The bounded local cache of a remote artifact store: local copies of remote artifacts, made only when read.
 
 A remote artifact is copied to `<local_dir>/<root digest>/<stage>/<key>/` the first time a consumer asks for its
-`Artifact.path`, each file checked against the manifest's sha256 on arrival. The copies of all roots share
-`cache.local_max_gb`: after a new copy, the least recently used complete copies go until the cache fits, never
-one a process on this machine is using (each process holds a shared lock on every copy it has read until it ends;
-eviction needs the exclusive lock). Builds of a remote store run here too (`.tmp-*`), and so does training's work
-folder (`.work-*`), which eviction leaves alone.
+`Artifact.path`, each file checked against the manifest's sha256 on arrival; `Artifact.files(...)` copies only the
+files a consumer names (evaluate reads the model, not the training curves), so a copy may be partial; a file in
+it is always complete and verified. The copies of all roots share `cache.local_max_gb`: after a new copy, the
+least recently used copies go until the cache fits, never one a process on this machine is using (each process
+holds a shared lock on every copy it has read until it ends; eviction needs the exclusive lock). Builds of a
+remote store run here too (`.tmp-*`), and so does training's work folder (`.work-*`), which eviction leaves alone.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -18,7 +20,7 @@ import os
 import shutil
 import threading
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,21 +76,28 @@ class LocalCopies:
         lock_dir.mkdir(parents=True, exist_ok=True)
         return lock_dir / f"{key}.{purpose}.lock"
 
-    def materialise(self, artifact: Artifact) -> Path:
-        """The local copy of a remote artifact, downloaded and verified unless this build of it is already here.
+    def materialise(self, artifact: Artifact, parts: Sequence[str] | None = None) -> Path:
+        """The local copy of a remote artifact, holding (at least) its files below `parts` (relative paths, e.g.
+        `model`; None: every file). Files not here yet are downloaded and verified; a copy of an older build of the
+        key is replaced. A copy may so hold only part of an artifact: a file in it is always complete and verified.
 
         Raises:
             ArtifactError: a file arrived missing or different from the manifest; the remote artifact is removed
                 so the next run rebuilds it (one line naming the file).
         """
         folder = self.copy_path(artifact.stage, artifact.key)
+        wanted = files_below(artifact.manifest.get("files") or {}, parts)
         with _GUARD:
             held = _HELD.get(str(folder))
-            if held is not None and held[1] == artifact.created:
+            current = held is not None and held[1] == artifact.created
+            if current and not _missing(folder, wanted):
                 return folder
-            with self._using(artifact, folder), self._fetching(artifact):
+            with contextlib.nullcontext() if current else self._using(artifact, folder), self._fetching(artifact):
                 if _created(folder) != artifact.created:
-                    self._download(artifact, folder)
+                    self._start_copy(artifact, folder)
+                missing = _missing(folder, wanted)
+                if missing:
+                    self._download(artifact, folder, missing)
                 os.utime(folder)  # least recently used goes first
         self.evict()
         return folder
@@ -113,12 +122,19 @@ class LocalCopies:
             fcntl.flock(handle, fcntl.LOCK_EX)
             yield
 
-    def _download(self, artifact: Artifact, folder: Path) -> None:
+    def _start_copy(self, artifact: Artifact, folder: Path) -> None:
+        """An empty copy of this build (its manifest only) in place of whatever the folder held."""
+        tmp = folder.with_name(f".tmp-{artifact.key}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        tmp.mkdir(parents=True)
+        (tmp / MANIFEST).write_text(json.dumps(artifact.manifest, indent=2, sort_keys=True), encoding="utf-8")
+        self.replace_copy(tmp, folder)
+
+    def _download(self, artifact: Artifact, folder: Path, records: Mapping[str, Mapping[str, Any]]) -> None:
+        """Download `records` into a temporary folder, verify them, then move each into the copy."""
         fs, prefix = open_fs(str(artifact.location), self.storage_options)
         tmp = folder.with_name(f".tmp-{artifact.key}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
         tmp.mkdir(parents=True)
         try:
-            records = artifact.manifest.get("files") or {}
             problems = download_verified(fs, f"{prefix}/{artifact.manifest['upload']}", records, tmp)
             if problems:
                 from ner_pipeline.remote import discard_remote
@@ -129,17 +145,18 @@ class LocalCopies:
                     f"{problems[0]}; the damaged {artifact.stage} artifact {artifact.key} was removed from the "
                     "store, run again to rebuild it"
                 )
-            (tmp / MANIFEST).write_text(json.dumps(artifact.manifest, indent=2, sort_keys=True), encoding="utf-8")
-            self.replace_copy(tmp, folder)
+            for relative in records:
+                (folder / relative).parent.mkdir(parents=True, exist_ok=True)
+                os.replace(tmp / relative, folder / relative)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        size = sum(r["size"] for r in records.values())
         logger.info(
-            "%s: downloaded %s (%d files, %d bytes) to %s",
+            "%s: downloaded %d of %d files of %s (%d bytes) to %s",
             artifact.stage,
-            artifact.location,
             len(records),
-            size,
+            len(artifact.manifest.get("files") or {}),
+            artifact.location,
+            sum(r["size"] for r in records.values()),
             folder,
         )
 
@@ -182,6 +199,18 @@ class LocalCopies:
             removed.append(path)
             logger.info("local cache over %.1f GB: evicted %s (%d bytes)", self.max_bytes / GB, path, size)
         return removed
+
+
+def files_below(records: Mapping[str, Any], parts: Sequence[str] | None) -> dict[str, Any]:
+    """The file records at or below any of `parts` (relative paths); all of them for None."""
+    if parts is None:
+        return dict(records)
+    prefixes = [p.strip("/") for p in parts]
+    return {r: v for r, v in records.items() if any(r == p or r.startswith(f"{p}/") for p in prefixes)}
+
+
+def _missing(folder: Path, records: Mapping[str, Any]) -> dict[str, Any]:
+    return {r: v for r, v in records.items() if not (folder / r).is_file()}
 
 
 def _created(folder: Path) -> str | None:

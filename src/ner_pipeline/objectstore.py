@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from ner_pipeline.integrity import CHUNK, sha256_file
+from ner_pipeline.integrity import CHUNK
 
 logger = logging.getLogger(__name__)
 
@@ -142,11 +142,24 @@ def modified(info: Mapping[str, Any]) -> float | None:
 
 def sha256_object(fs: Any, path: str) -> str:
     """The sha256 of an object, streamed in 1 MiB chunks (nothing kept on disk)."""
-    digest = hashlib.sha256()
-    with fs.open(path, "rb") as handle:
+    return stream_object(fs, path)[1]
+
+
+def stream_object(fs: Any, path: str, target: Path | None = None) -> tuple[int, str]:
+    """Read an object once, front to back, into `target` (or nowhere); return its size and sha256.
+
+    Not `fs.get_file`: s3fs's GETs the whole object and, for one larger than its block size (50 MiB, a model's
+    weights), drops that response and fetches the object again in ranged parts, so the store sends it twice. A
+    sequential read asks for each byte once, and hashes as it writes instead of reading the copy back.
+    """
+    digest, size = hashlib.sha256(), 0
+    with fs.open(path, "rb") as handle, target.open("wb") if target else contextlib.nullcontext() as out:
         for chunk in iter(lambda: handle.read(CHUNK), b""):
             digest.update(chunk)
-    return digest.hexdigest()
+            size += len(chunk)
+            if out is not None:
+                out.write(chunk)
+    return size, digest.hexdigest()
 
 
 def upload_folder(fs: Any, folder: Path, prefix: str, exclude: tuple[str, ...] = ()) -> int:
@@ -171,14 +184,13 @@ def download_verified(fs: Any, prefix: str, records: Mapping[str, Mapping[str, A
         source, target = f"{prefix}/{relative}", folder / relative
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
-            fs.get_file(source, str(target))
+            size, sha256 = stream_object(fs, source, target)
         except FileNotFoundError:
             problems.append(f"{fs.unstrip_protocol(source)}: missing")
             continue
-        size = target.stat().st_size
         if size != record["size"]:
             problems.append(f"{fs.unstrip_protocol(source)}: {size} bytes, the manifest says {record['size']}")
-        elif sha256_file(target) != record["sha256"]:
+        elif sha256 != record["sha256"]:
             problems.append(f"{fs.unstrip_protocol(source)}: sha256 differs from the manifest")
     return problems
 
