@@ -14,11 +14,12 @@ promotion gate's job (`registry.promotion`).
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import tempfile
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stderr
 from pathlib import Path
 from typing import Any
 
@@ -170,8 +171,29 @@ def _log_and_create_version(
                 code_paths=[str(PACKAGE_DIR)],
                 metadata=served,
             )
-            version = mlflow.register_model(info.model_uri, name, tags=dict(tags))
+            with mlflow_prints_to_log():
+                version = mlflow.register_model(info.model_uri, name, tags=dict(tags))
     return info.model_uri, str(version.version), run.info.run_id
+
+
+@contextmanager
+def mlflow_prints_to_log() -> Iterator[None]:
+    """Send what MLflow prints to stderr in a block ("Successfully registered model", "Created version") to our
+    log at INFO instead of the console: `register_model` prints them, bypassing logging, on every registration.
+
+    MLflow's print helper writes to whatever `sys.stderr` is at the time, so redirecting it catches them; a line
+    MLflow's own logger writes there at WARNING or above is logged at WARNING.
+    """
+
+    class _ToLog(io.TextIOBase):
+        def write(self, text: str) -> int:
+            for line in filter(None, (part.strip() for part in text.splitlines())):
+                serious = any(f" {level} " in f" {line} " for level in ("WARNING", "ERROR", "CRITICAL"))
+                logger.log(logging.WARNING if serious else logging.INFO, "mlflow: %s", line)
+            return len(text)
+
+    with redirect_stderr(_ToLog()):
+        yield
 
 
 # MLflow mirrors the URIs it is given into these variables (for subprocesses); they are put back too.
