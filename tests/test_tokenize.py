@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from conftest import PACKAGED_MODEL
 
 from ner_pipeline.artifacts import ArtifactStore
