@@ -76,6 +76,13 @@ def artifacts_prune(
         bool, typer.Option("--stale", help="Remove only what the installed code and libraries would not build again.")
     ] = False,
     dry_run: Annotated[bool, typer.Option(help="Only list what would go.")] = False,
+    mlflow: Annotated[
+        bool,
+        typer.Option(
+            "--mlflow",
+            help="Also delete the MLflow runs and logged models that no registered version and no kept artifact needs.",
+        ),
+    ] = False,
     config: ConfigOpt = DEFAULT_CONFIG,
     set_: SetOpt = None,
 ) -> None:
@@ -91,6 +98,10 @@ def artifacts_prune(
     for a in removed:
         typer.echo(f"{verb} {a.stage}/{a.key}")
     typer.echo(f"{verb} {len(removed)} artifact(s); {len(protected)} key(s) protected by the model registry")
+    if mlflow:
+        from ner_pipeline.cli.cleanup import prune_mlflow
+
+        prune_mlflow(cfg, {a.key for a in store.list()} - {a.key for a in removed}, dry_run)
 
 
 def registered_artifact_keys(cfg: PipelineConfig) -> set[str]:
