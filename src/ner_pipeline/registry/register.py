@@ -159,7 +159,7 @@ def _log_and_create_version(
         served = {"served_backend": variant.backend}
         if variant.onnx_file is not None:
             served["served_onnx_file"] = variant.onnx_file.name
-        with fluent_uris(tracking_uri), mlflow.start_run(run_id=run_id) as run:
+        with fluent_uris(tracking_uri), mlflow.start_run(run_id=run_id) as run, mlflow_prints_to_log():
             signature, example = pyfunc_signature()
             info = mlflow.pyfunc.log_model(
                 name=MODEL_ARTIFACT_PATH,
@@ -171,9 +171,13 @@ def _log_and_create_version(
                 code_paths=[str(PACKAGE_DIR)],
                 metadata=served,
             )
-            with mlflow_prints_to_log():
-                version = mlflow.register_model(info.model_uri, name, tags=dict(tags))
+            version = mlflow.register_model(info.model_uri, name, tags=dict(tags))
     return info.model_uri, str(version.version), run.info.run_id
+
+
+# Our pyfunc model is a Python object on purpose (`pyfunc.make_pyfunc_model`): MLflow warns about pickling it on
+# every registration.
+EXPECTED_MLFLOW_WARNINGS = ("Passing a Python object as `python_model`",)
 
 
 @contextmanager
@@ -181,14 +185,16 @@ def mlflow_prints_to_log() -> Iterator[None]:
     """Send what MLflow prints to stderr in a block ("Successfully registered model", "Created version") to our
     log at INFO instead of the console: `register_model` prints them, bypassing logging, on every registration.
 
-    MLflow's print helper writes to whatever `sys.stderr` is at the time, so redirecting it catches them; a line
-    MLflow's own logger writes there at WARNING or above is logged at WARNING.
+    MLflow's print helper and its own log handler write to whatever `sys.stderr` is at the time, so redirecting it
+    catches both; a line MLflow logged at WARNING or above is logged at WARNING, unless it is one we expect
+    (`EXPECTED_MLFLOW_WARNINGS`).
     """
 
     class _ToLog(io.TextIOBase):
         def write(self, text: str) -> int:
             for line in filter(None, (part.strip() for part in text.splitlines())):
                 serious = any(f" {level} " in f" {line} " for level in ("WARNING", "ERROR", "CRITICAL"))
+                serious = serious and not any(expected in line for expected in EXPECTED_MLFLOW_WARNINGS)
                 logger.log(logging.WARNING if serious else logging.INFO, "mlflow: %s", line)
             return len(text)
 
