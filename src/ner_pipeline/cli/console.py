@@ -76,15 +76,17 @@ class RouteLibraryLogging(importlib.abc.MetaPathFinder):
         for finder in sys.meta_path:
             spec = None if finder is self else getattr(finder, "find_spec", lambda *a: None)(fullname, path, target)
             if spec is not None and spec.loader is not None:
-                run = spec.loader.exec_module
-
-                def exec_module(module: Any) -> None:
-                    run(module)
-                    _route(module)
-
-                spec.loader.exec_module = exec_module  # type: ignore[method-assign]
+                spec.loader.exec_module = _then_route(spec.loader.exec_module)  # type: ignore[method-assign]
                 return spec
         return None
+
+
+def _then_route(exec_module: Any) -> Any:
+    def run_and_route(module: Any) -> None:
+        exec_module(module)
+        _route(module)
+
+    return run_and_route
 
 
 def _route(module: Any) -> None:
