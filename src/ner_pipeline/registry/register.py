@@ -17,7 +17,9 @@ from __future__ import annotations
 import io
 import logging
 import os
+import sys
 import tempfile
+import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, redirect_stderr
 from pathlib import Path
@@ -190,12 +192,20 @@ def mlflow_prints_to_log() -> Iterator[None]:
     (`EXPECTED_MLFLOW_WARNINGS`).
     """
 
+    original, state = sys.stderr, threading.local()
+
     class _ToLog(io.TextIOBase):
         def write(self, text: str) -> int:
-            for line in filter(None, (part.strip() for part in text.splitlines())):
-                serious = any(f" {level} " in f" {line} " for level in ("WARNING", "ERROR", "CRITICAL"))
-                serious = serious and not any(expected in line for expected in EXPECTED_MLFLOW_WARNINGS)
-                logger.log(logging.WARNING if serious else logging.INFO, "mlflow: %s", line)
+            if getattr(state, "busy", False):  # a log handler reporting its own failure: to the real stderr
+                return original.write(text)
+            state.busy = True
+            try:
+                for line in filter(None, (part.strip() for part in text.splitlines())):
+                    serious = any(f" {level} " in f" {line} " for level in ("WARNING", "ERROR", "CRITICAL"))
+                    serious = serious and not any(expected in line for expected in EXPECTED_MLFLOW_WARNINGS)
+                    logger.log(logging.WARNING if serious else logging.INFO, "mlflow: %s", line)
+            finally:
+                state.busy = False
             return len(text)
 
     with redirect_stderr(_ToLog()):
