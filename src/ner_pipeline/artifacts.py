@@ -10,13 +10,13 @@ A build is written into a hidden temporary folder and renamed into place with it
 so a folder at the final path is always complete; a killed build leaves only a hidden temporary folder, which is
 never served and is cleaned by the next build of the same key. An exclusive file lock per key makes concurrent
 builds of one key (overlapping scheduled runs) end with one artifact: the second waits and then returns the
-first's result.
+first's result. Those locks hold on one machine; a root on object storage (`ner_pipeline.remote`) publishes with
+a conditional put instead.
 """
 
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -28,30 +28,44 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
-
-from pydantic import BaseModel
+from typing import TYPE_CHECKING, Any
 
 from ner_pipeline import __version__
 from ner_pipeline.errors import ArtifactError
 from ner_pipeline.integrity import NO_RECORDS, VerifyMode, check_files, file_records
-from ner_pipeline.lineage import stage_lineage
+from ner_pipeline.keys import KEY_LENGTH, artifact_key, canonical, hash_files, key_lineage
+
+if TYPE_CHECKING:
+    from ner_pipeline.localcache import LocalCopies
 
 logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
-KEY_LENGTH = 20
+__all__ = ["KEY_LENGTH", "Artifact", "ArtifactStore", "artifact_key", "hash_files", "write_json_atomic"]
 
 
 @dataclass(frozen=True)
 class Artifact:
-    """A complete stage output on disk."""
+    """A complete stage output: a folder on disk, or a prefix on object storage copied to disk when first read.
+
+    `location` is where it lives (a local folder, or the URL of its prefix: safe to log); `path` is the local
+    folder to read its files from. For a remote artifact, `copies` downloads it into the bounded local cache the
+    first time `path` is asked for, so looking an artifact up, keying on it or logging it never downloads it.
+    """
 
     stage: str
     key: str
-    path: Path
+    location: Path | str
     manifest: dict[str, Any] = field(default_factory=dict, compare=False)
     cached: bool = field(default=False, compare=False)
+    copies: LocalCopies | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def path(self) -> Path:
+        """The artifact's folder on local disk (a remote artifact is downloaded and verified the first time)."""
+        if self.copies is None:
+            return Path(self.location)
+        return self.copies.materialise(self)
 
     @property
     def stats(self) -> dict[str, Any]:
@@ -73,62 +87,6 @@ class Artifact:
         return self.manifest.get("lineage")
 
 
-def _canonical(value: Any) -> Any:
-    if isinstance(value, BaseModel):
-        return value.model_dump(mode="json")
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, Mapping):
-        return {str(k): _canonical(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_canonical(v) for v in value]
-    return value
-
-
-# The lineage that went into each key computed in this process, for the manifest of the artifact built under it.
-_KEY_LINEAGE: dict[str, dict[str, Any]] = {}
-
-
-def artifact_key(stage: str, version: str, config: Any, inputs: Mapping[str, str] | None = None) -> str:
-    """Return the content address of a stage output.
-
-    Args:
-        stage: Stage name, e.g. "tokenize".
-        version: The stage's version constant; bump it when the stage's output format changes.
-        config: The stage's config section (pydantic model or JSON-able mapping) plus anything else that
-            decides the output, such as the base model reference or source file hashes.
-        inputs: Upstream artifact keys by stage name.
-
-    Returns:
-        A hex digest of KEY_LENGTH characters. Besides the arguments it hashes the stage's lineage: the
-        fingerprints of the code and the versions of the libraries that decide its output (see `lineage`).
-    """
-    canonical = _canonical(config)
-    lineage = stage_lineage(stage, canonical)
-    payload = {
-        "stage": stage,
-        "version": version,
-        "config": canonical,
-        "inputs": dict(sorted((inputs or {}).items())),
-        "lineage": lineage,
-    }
-    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
-    key = hashlib.sha256(text.encode()).hexdigest()[:KEY_LENGTH]
-    _KEY_LINEAGE[key] = lineage
-    return key
-
-
-def hash_files(paths: list[Path]) -> str:
-    """Return the sha256 of the named files' contents, in the given order, with their names."""
-    digest = hashlib.sha256()
-    for path in paths:
-        digest.update(path.name.encode() + b"\0")
-        with path.open("rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
-
-
 def write_json_atomic(path: Path, payload: Any) -> None:
     """Write JSON to `path` through a temporary file and a rename, so readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -138,6 +96,36 @@ def write_json_atomic(path: Path, payload: Any) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
+
+
+def produce_with_manifest(
+    folder: Path,
+    stage: str,
+    key: str,
+    producer: Callable[[Path], Mapping[str, Any]],
+    inputs: Mapping[str, str] | None,
+    config: Any,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Run `producer` into `folder`, then write the manifest there (lineage, stats, size and sha256 of each file)
+    and return it. `extra` adds fields (a remote build records its upload id)."""
+    started = time.monotonic()
+    stats = dict(producer(folder))
+    manifest = {
+        "stage": stage,
+        "key": key,
+        "created": datetime.now(UTC).isoformat(timespec="microseconds"),
+        "inputs": dict(inputs or {}),
+        "config": canonical(config),
+        "stats": stats,
+        "duration_s": round(time.monotonic() - started, 3),
+        "package_version": __version__,
+        "lineage": key_lineage(stage, key),
+        "files": file_records(folder, exclude=(MANIFEST,)),
+        **(extra or {}),
+    }
+    write_json_atomic(folder / MANIFEST, manifest)
+    return manifest
 
 
 def folder_size(path: Path) -> int:
@@ -153,12 +141,22 @@ class ArtifactStore:
         verify: How a lookup checks an artifact's files before reuse: "sha256" (every byte) or "size".
     """
 
+    is_remote = False  # checkpoints are published as saved only to a remote root (`ner_pipeline.remote`)
+
     def __init__(self, root: str | Path, verify: VerifyMode = "sha256") -> None:
         self.root = Path(root)
         self.verify: VerifyMode = verify
 
     def path(self, stage: str, key: str) -> Path:
         return self.root / stage / key
+
+    def location(self, stage: str, key: str) -> Path | str:
+        """Where the artifact of `key` lives or would live (safe to log)."""
+        return self.path(stage, key)
+
+    def publish_work(self, stage: str, key: str, folder: Path) -> None:
+        """Share a finished piece of work (a checkpoint) below `work_dir` with other machines: nothing to do here,
+        the work folder is already where the next attempt looks."""
 
     def read(self, stage: str, key: str) -> Artifact | None:
         """Return the complete artifact for `key` as its manifest describes it, without checking its files."""
@@ -170,7 +168,7 @@ class ArtifactStore:
             manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as exc:
             raise ArtifactError(f"{manifest_path}: unreadable manifest ({exc}); delete the folder to rebuild") from exc
-        return Artifact(stage=stage, key=key, path=folder, manifest=manifest, cached=True)
+        return Artifact(stage=stage, key=key, location=folder, manifest=manifest, cached=True)
 
     def get(self, stage: str, key: str) -> Artifact | None:
         """Return the complete, intact artifact for `key`, or None when there is none.
@@ -289,17 +287,17 @@ class ArtifactStore:
         """
         existing = self.get(stage, key)
         if existing is not None:
-            logger.info("%s: cache hit %s (%s)", stage, key, existing.path)
+            logger.info("%s: cache hit %s (%s)", stage, key, existing.location)
             return existing
         with self._lock(stage, key):
             existing = self._intact(self.read(stage, key), locked=True)
             if existing is not None:  # another process finished it while we waited
-                logger.info("%s: built concurrently by another run, reusing %s", stage, existing.path)
+                logger.info("%s: built concurrently by another run, reusing %s", stage, existing.location)
                 return existing
             manifest = self._write(stage, key, producer, inputs, config)
             shutil.rmtree(self.root / stage / f".work-{key}", ignore_errors=True)
         logger.info("%s: wrote %s", stage, self.path(stage, key))
-        return Artifact(stage=stage, key=key, path=self.path(stage, key), manifest=manifest, cached=False)
+        return Artifact(stage=stage, key=key, location=self.path(stage, key), manifest=manifest, cached=False)
 
     def _write(
         self,
@@ -319,23 +317,8 @@ class ArtifactStore:
         logger.info("%s: cache miss %s, building", stage, key)
         tmp = self.root / stage / f".tmp-{key}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir(parents=True)
-        started = time.monotonic()
         try:
-            stats = dict(producer(tmp))
-            files = file_records(tmp, exclude=(MANIFEST,))
-            manifest = {
-                "stage": stage,
-                "key": key,
-                "created": datetime.now(UTC).isoformat(timespec="microseconds"),
-                "inputs": dict(inputs or {}),
-                "config": _canonical(config),
-                "stats": stats,
-                "duration_s": round(time.monotonic() - started, 3),
-                "package_version": __version__,
-                "lineage": _KEY_LINEAGE.get(key) or stage_lineage(stage),
-                "files": files,
-            }
-            write_json_atomic(tmp / MANIFEST, manifest)
+            manifest = produce_with_manifest(tmp, stage, key, producer, inputs, config)
             os.rename(tmp, self.path(stage, key))
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)

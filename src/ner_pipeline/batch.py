@@ -355,7 +355,9 @@ def run_job(
         tracker = tracking.start_job_run(
             uri, BATCH_EXPERIMENT, cfg.tracking.artifact_location, run_name, {"job": STAGE, **(tags or {})}
         )
-    store = ArtifactStore(cfg.artifacts_root, verify=cfg.cache.verify)
+    from ner_pipeline.pipeline import open_store
+
+    store = open_store(cfg)
     try:
         result = run_batch(source, model_source, output, store, uri, tracker=tracker, **options)
     except BaseException:

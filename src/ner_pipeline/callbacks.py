@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import shutil
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -175,3 +175,16 @@ class TrainingBar(ProgressCallback):
         self, args: Any, state: Any, control: Any, eval_dataloader: Any = None, **kwargs: Any
     ) -> None:
         return None
+
+
+class CheckpointPublisher(TrainerCallback):
+    """Hands each checkpoint to `publish` as soon as the Trainer has saved it (main process only), so a remote
+    artifact store shares it with whichever worker runs the key next (`ArtifactStore.publish_work`)."""
+
+    def __init__(self, publish: Callable[[Path], None]) -> None:
+        self.publish = publish
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if state.is_world_process_zero and folder.is_dir():
+            self.publish(folder)

@@ -10,17 +10,24 @@ against the project root, not the shell's folder, and keys see them as written: 
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic_core import PydanticCustomError
+from pydantic import (
+    AfterValidator,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from ner_pipeline.cacheconfig import CacheConfig
 from ner_pipeline.configfile import (
-    Anchored,
+    Float,
+    Int,
+    Section,
+    Seed,
     absolute_path,
     absolute_store_uri,
     apply_overrides,
@@ -32,34 +39,14 @@ from ner_pipeline.configfile import (
     read_yaml,
 )
 from ner_pipeline.errors import ConfigError
-from ner_pipeline.integrity import VerifyMode
+from ner_pipeline.objectstore import check_root_url
+
+_Section = Section
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 DEFAULT_ARTIFACT_LOCATION = "mlruns/artifacts"
 LOCAL_SOURCES = ("conll", "jsonl")
 MIN_OPSET = 11
-SEED_MAX = 2**32 - 1  # numpy's seeds are unsigned 32-bit
-
-
-def _not_bool(value: Any) -> Any:
-    # pydantic reads true as 1 for int and float fields: `train.batch_size=true` must fail instead.
-    if isinstance(value, bool):
-        raise PydanticCustomError("bool_not_number", "must be a number, not true/false")
-    return value
-
-
-Int = Annotated[int, BeforeValidator(_not_bool)]
-Float = Annotated[float, BeforeValidator(_not_bool)]
-Seed = Annotated[int, BeforeValidator(_not_bool), Field(ge=0, le=SEED_MAX)]
-
-
-class _Section(Anchored):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-    def fingerprint(self) -> str:
-        """Return a stable sha256 of this section's values as written (used in artifact keys)."""
-        payload = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(payload.encode()).hexdigest()
 
 
 class DataConfig(_Section):
@@ -305,16 +292,6 @@ class ServeConfig(_Section):
         return {"model_uri": local_path(self.model_uri, root)}
 
 
-class CacheConfig(_Section):
-    """How the artifact cache checks an artifact before reusing it."""
-
-    verify: VerifyMode = Field(
-        "sha256",
-        description="sha256: hash every file against the manifest (catches any change); size: compare sizes only "
-        "(catches deleted and truncated files, not an overwrite of equal size).",
-    )
-
-
 class SweepConfig(_Section):
     """Hyperparameter search (`ner-pipeline sweep`, see `ner_pipeline.sweep`): Optuna trials of the train stage."""
 
@@ -348,7 +325,11 @@ class PipelineConfig(_Section):
     """The whole pipeline; each stage receives only its own section."""
 
     name: str = Field("ner", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    artifacts_root: str = Field("artifacts", description="Artifact cache folder (relative: to the project root).")
+    artifacts_root: Annotated[str, AfterValidator(check_root_url)] = Field(
+        "artifacts",
+        description="Artifact cache: a folder (relative: to the project root), or a URL on object storage "
+        "(s3://bucket/prefix, gs://, az://, file://; see ner_pipeline.remote).",
+    )
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     tokenize: TokenizeConfig = TokenizeConfig()
@@ -362,7 +343,7 @@ class PipelineConfig(_Section):
     sweep: SweepConfig = SweepConfig()
 
     def _resolved_paths(self, root: Path) -> dict[str, Any]:
-        return {"artifacts_root": str(absolute_path(self.artifacts_root, root))}
+        return {"artifacts_root": local_path(self.artifacts_root, root)}
 
 
 def config_origin(path: str | Path | None, overrides: list[str] | None) -> str:

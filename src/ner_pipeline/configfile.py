@@ -16,14 +16,17 @@ from __future__ import annotations
 
 import ast
 import functools
+import hashlib
 import importlib.util
+import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Self
+from typing import Annotated, Any, Self
 
 import yaml
-from pydantic import BaseModel, PrivateAttr, ValidationError, model_serializer
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError, model_serializer
+from pydantic_core import PydanticCustomError
 
 from ner_pipeline.errors import ConfigError
 
@@ -109,6 +112,32 @@ class Anchored(BaseModel):
         copy._root = root
         copy._as_written = {k: (getattr(self, k), v) for k, v in paths.items()}
         return copy
+
+
+SEED_MAX = 2**32 - 1  # numpy's seeds are unsigned 32-bit
+
+
+def _not_bool(value: Any) -> Any:
+    # pydantic reads true as 1 for int and float fields: `train.batch_size=true` must fail instead.
+    if isinstance(value, bool):
+        raise PydanticCustomError("bool_not_number", "must be a number, not true/false")
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_not_bool)]
+Float = Annotated[float, BeforeValidator(_not_bool)]
+Seed = Annotated[int, BeforeValidator(_not_bool), Field(ge=0, le=SEED_MAX)]
+
+
+class Section(Anchored):
+    """A config section: unknown keys and non-finite numbers fail, values are frozen."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    def fingerprint(self) -> str:
+        """Return a stable sha256 of this section's values as written (used in artifact keys)."""
+        payload = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(payload.encode()).hexdigest()
 
 
 def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:

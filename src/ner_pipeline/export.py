@@ -210,9 +210,9 @@ def run_export(
     from ner_pipeline.ingest import load_splits, read_labels
 
     key = export_key(cfg, ingest_artifact.key, train_artifact.key)
-    model_dir = train_artifact.path / "model"
 
     def produce(folder: Path) -> dict[str, Any]:
+        model_dir = train_artifact.path / "model"  # read only on a miss: a remote artifact is downloaded then
         variants, target = build_variants(cfg, model_dir, folder)
         validation = load_splits(ingest_artifact)["validation"]
         limit = cfg.parity_sentences or len(validation)

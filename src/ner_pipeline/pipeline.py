@@ -8,6 +8,7 @@ about Prefect.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from ner_pipeline.artifacts import Artifact, ArtifactStore
 from ner_pipeline.config import PipelineConfig, RegistryConfig
 from ner_pipeline.errors import ConfigError
+from ner_pipeline.integrity import VerifyMode
 
 logger = logging.getLogger(__name__)
 
@@ -128,9 +130,12 @@ def _uri(ctx: RunContext) -> str:
     return ctx.tracking_uri
 
 
-def open_store(config: PipelineConfig) -> ArtifactStore:
-    """The config's artifact cache, checking an artifact's files before reuse as `cache.verify` says."""
-    return ArtifactStore(config.artifacts_root, verify=config.cache.verify)
+def open_store(config: PipelineConfig, verify: VerifyMode | None = None) -> ArtifactStore:
+    """The config's artifact cache (a folder, or object storage: `remote.open_artifact_store`), checking an
+    artifact's files before reuse as `cache.verify` says, or as `verify` overrides it."""
+    from ner_pipeline.remote import open_artifact_store
+
+    return open_artifact_store(config.artifacts_root, config.cache, verify, os.environ)
 
 
 SPEC_FACTORIES: dict[str, Callable[[], StageSpec]] = {
@@ -275,9 +280,8 @@ def walk(
             summary.computed.append(name)
         if announce:
             result = "computed" if name in summary.computed else "cache hit"
-            logger.info(
-                "%-8s %-9s key %s  %.1f s  %s", name, result, artifact.key, time.monotonic() - started, artifact.path
-            )
+            elapsed = time.monotonic() - started  # the location, not the path: a remote one is not downloaded
+            logger.info("%-8s %-9s key %s  %.1f s  %s", name, result, artifact.key, elapsed, artifact.location)
         summary.stages[name] = artifact
         if on_stage is not None:
             # tracking may answer with the MLflow run that holds this model (known once train is), for register
@@ -357,7 +361,7 @@ class RunSummary:
     @property
     def onnx_dir(self) -> str | None:
         artifact = self.stages.get("export")
-        return str(artifact.path) if artifact else None
+        return str(artifact.location) if artifact else None
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -375,7 +379,7 @@ class RunSummary:
         ]
         for name, artifact in self.stages.items():
             result = "computed" if name in self.computed else "cache hit"
-            lines.append(f"| {name} | {result} | `{artifact.key}` | `{artifact.path}` |")
+            lines.append(f"| {name} | {result} | `{artifact.key}` | `{artifact.location}` |")
         if self.metrics:
             lines += ["", "| metric | value |", "|---|---|"]
             lines += [f"| {k} | {v:.4f} |" for k, v in self.metrics.items()]

@@ -96,22 +96,26 @@ def _remove(store: ArtifactStore, artifacts: list[Artifact], dry_run: bool) -> l
     if dry_run:
         return artifacts
     for artifact in artifacts:
-        if store.discard(artifact):  # vanishes in one rename, then is deleted at leisure
+        if store.discard(artifact):  # vanishes in one step (a rename, or the remote manifest's deletion)
             logger.info("pruned %s/%s", artifact.stage, artifact.key)
-    remove_leftovers(store)
+    store.remove_leftovers()
     return artifacts
 
 
-def remove_leftovers(store: ArtifactStore) -> list[Path]:
+def remove_leftovers(store: ArtifactStore, root: Path | None = None) -> list[Path]:
     """Delete what killed builds left behind and nobody is working on: temporary build folders, and work
     folders (training checkpoints) of keys whose artifact is complete. The work folder of an unfinished key
     stays, so its training can still resume.
+
+    Args:
+        root: The local folder to clean (default: the store's root; a remote store's local cache).
 
     Returns:
         The folders removed.
     """
     removed: list[Path] = []
-    for stage_dir in (p for p in store.root.iterdir() if p.is_dir()) if store.root.is_dir() else []:
+    root = Path(store.root) if root is None else root
+    for stage_dir in (p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
         for folder in [*stage_dir.glob(".tmp-*"), *stage_dir.glob(".trash-*"), *stage_dir.glob(".work-*")]:
             kind, _, rest = folder.name.partition("-")
             # .tmp-<key>-<pid>-<hex>, .trash-<key>-<hex>, .work-<key>

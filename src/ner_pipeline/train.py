@@ -331,9 +331,10 @@ def run_train(
     with store.claim_work(STAGE, key) if holds_claim else nullcontext():
         existing = store.get(STAGE, key)
         if existing is not None and not distributed:
-            logger.info("train: trained meanwhile by another run, reusing %s", existing.path)
+            logger.info("train: trained meanwhile by another run, reusing %s", existing.location)
             return existing
-        result = fit(model_cfg, train_cfg, tokenize_artifact, store.work_dir(STAGE, key), callbacks)
+        work = store.work_dir(STAGE, key)  # on a remote store: holds the checkpoint a killed worker published
+        result = fit(model_cfg, train_cfg, tokenize_artifact, work, [*checkpoint_publisher(store, key), *callbacks])
         if result.is_main:
             artifact = store.build(
                 STAGE,
@@ -344,6 +345,13 @@ def run_train(
             )
     _barrier()
     return artifact or store.require(STAGE, key)
+
+
+def checkpoint_publisher(store: ArtifactStore, key: str) -> list[Any]:
+    """On a remote store, a callback uploading each checkpoint as it is saved, so another worker can resume."""
+    from ner_pipeline.callbacks import CheckpointPublisher
+
+    return [CheckpointPublisher(lambda folder: store.publish_work(STAGE, key, folder))] if store.is_remote else []
 
 
 def _barrier() -> None:

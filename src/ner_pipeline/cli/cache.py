@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from ner_pipeline.artifacts import folder_size
+from ner_pipeline.artifacts import Artifact, folder_size
 from ner_pipeline.cli.common import DEFAULT_CONFIG, ConfigOpt, SetOpt, load, tracking_uri, user_errors
 from ner_pipeline.cli.hints import invocation
 from ner_pipeline.config import PipelineConfig
@@ -30,7 +30,7 @@ def artifacts_list(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None) -> N
     for a in artifacts:
         inputs = ", ".join(f"{k}={v[:8]}" for k, v in a.inputs.items()) or "-"
         status = f"stale: {'; '.join(stale[a.key])}" if stale[a.key] else "current"
-        rows.append((a.stage, a.key, human_size(folder_size(a.path)), a.created, inputs, status))
+        rows.append((a.stage, a.key, human_size(artifact_size(a)), a.created, inputs, status))
     typer.echo(render_table(("stage", "key", "size", "created", "inputs", "status"), rows))
     if any(stale.values()):
         prune = invocation(config, set_).command("artifacts", "prune", "--stale")
@@ -112,6 +112,13 @@ def registered_artifact_keys(cfg: PipelineConfig) -> set[str]:
 
     records = registry.register_records(open_store(cfg))
     return registry.protected_artifact_keys(tracking_uri(cfg), records)
+
+
+def artifact_size(artifact: Artifact) -> int:
+    """Bytes on disk of a local artifact; of a remote one, what its manifest records (nothing is downloaded)."""
+    if artifact.copies is None:
+        return folder_size(artifact.path)
+    return sum(r["size"] for r in (artifact.manifest.get("files") or {}).values())
 
 
 def human_size(size: int) -> str:

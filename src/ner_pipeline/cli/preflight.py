@@ -15,7 +15,7 @@ import os
 from collections.abc import Mapping, Sequence
 
 from ner_pipeline import modelref, pipeline
-from ner_pipeline.artifacts import Artifact, ArtifactStore
+from ner_pipeline.artifacts import Artifact
 from ner_pipeline.cli.hints import Invocation
 from ner_pipeline.config import PipelineConfig
 from ner_pipeline.errors import ArtifactError
@@ -43,7 +43,7 @@ def check_cached_inputs(
         ArtifactError: naming the missing stages and the `run` command that builds them (the user's flags kept).
     """
     # Sizes only: the run itself checks every byte of what it reuses (cache.verify); this check stays quick.
-    store = ArtifactStore(cfg.artifacts_root, verify="size")
+    store = pipeline.open_store(cfg, verify="size")
     planned = pipeline.plan(cfg, selected)
     missing: list[Artifact] = []
 
@@ -51,7 +51,7 @@ def check_cached_inputs(
         name: str, config: PipelineConfig, upstream: Mapping[str, Artifact], ctx: pipeline.RunContext
     ) -> Artifact:
         key = pipeline.stage_key(name, config, upstream, ctx)
-        return Artifact(name, key, store.path(name, key))
+        return Artifact(name, key, store.location(name, key))
 
     def looked_up(
         name: str, config: PipelineConfig, upstream: Mapping[str, Artifact], ctx: pipeline.RunContext

@@ -79,10 +79,10 @@ def next_steps(summary: Any, invoked: Invocation) -> str:
         lines.append(f"  Runs:       {url}   (run {summary.run_id} holds this model)")
     evaluated = summary.stages.get("evaluate")
     if evaluated is not None:
-        lines.append(f"  Report:     {evaluated.path / 'report.md'}")
+        lines.append(f"  Report:     {evaluated.location}/report.md")  # the location: a remote one is not downloaded
     trained = summary.stages.get("train")
     if trained is not None:
-        lines.append(f"  Model:      {trained.path / 'model'}")
+        lines.append(f"  Model:      {trained.location}/model")
     if summary.registered:
         name, version = summary.registered["name"], summary.registered["version"]
         lines.append(f"  Registered: models:/{name}/{version} (alias challenger)")
@@ -120,7 +120,7 @@ def ingest(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None) -> None:
 
     cfg = load(config, set_)
     artifact = run_ingest(cfg.data, open_store(cfg))
-    typer.echo(f"ingest artifact: {artifact.path}{' (cached)' if artifact.cached else ''}")
+    typer.echo(f"ingest artifact: {artifact.location}{' (cached)' if artifact.cached else ''}")
     typer.echo(stats_table(artifact.stats))
 
 
@@ -143,7 +143,7 @@ def stage(
     preflight.check_base_model(cfg, stages, origin(config, set_))
     tell_stage_story()
     done = pipeline.run_pipeline(cfg, pipeline.open_store(cfg), stages=stages)
-    typer.echo(f"{name} artifact: {done[name].path}{' (cached)' if done[name].cached else ''}")
+    typer.echo(f"{name} artifact: {done[name].location}{' (cached)' if done[name].cached else ''}")
 
 
 @app.command()
