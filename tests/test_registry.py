@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -263,3 +265,23 @@ def test_cli_lists_versions_shows_history_and_compares_side_by_side(tmp_path: Pa
     assert "param train.batch_size" not in compared.output  # only params that differ
     missing = runner.invoke(app, ["compare", "nope", runs[0], *common])
     assert missing.exit_code == 1 and "'nope': not a run id" in missing.output
+
+
+def test_registering_prints_nothing_to_the_console_and_logs_what_mlflow_said(
+    tmp_path: Path, tiny_model_dir: Path, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    capfd.readouterr()
+    with caplog.at_level(logging.INFO, logger="ner_pipeline.registry.register"):
+        assert register(uri, tiny_model_dir, f1=0.8, per=0.8, loc=0.8) == "1"
+        assert register(uri, tiny_model_dir, f1=0.7, per=0.7, loc=0.7) == "2"
+    err = capfd.readouterr().err
+    # As MLflow prints them (a line of their own); an earlier in-process CLI test may leave a log handler whose
+    # closed stream makes logging dump records to stderr, which is not the console's story.
+    printed = re.compile(
+        r"^(Successfully registered model|Created version|\S+ \S+ WARNING mlflow\.pyfunc: Passing)", re.M
+    )
+    assert not printed.search(err), err  # MLflow's warning about the Python object we log on purpose included
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("mlflow: ")]
+    assert f"mlflow: Successfully registered model '{CFG.model_name}'." in said
+    assert f"mlflow: Created version '2' of model '{CFG.model_name}'." in said

@@ -343,9 +343,12 @@ def run_job(
     import os
 
     from ner_pipeline import tracking
+    from ner_pipeline.modelref import check_model_source
 
     model_source = model_source or f"models:/{cfg.registry.model_name}@production"
     uri = tracking.resolve_tracking_uri(cfg.tracking, os.environ)
+    # A model that cannot load fails here in one line, before an MLflow run is opened for the job.
+    check_model_source(model_source, options.get("backend", "auto"), options.get("onnx"), uri)
     tracker = None
     if cfg.tracking.enabled:
         run_name = f"batch-{Path(source.rstrip('/')).name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"

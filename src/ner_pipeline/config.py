@@ -346,6 +346,12 @@ class PipelineConfig(_Section):
         return {"artifacts_root": local_path(self.artifacts_root, root)}
 
 
+def config_origin(path: str | Path | None, overrides: list[str] | None) -> str:
+    """How errors name where a config came from: `configs/x.yaml`, `configs/x.yaml (with overrides)`."""
+    origin = str(path) if path is not None else "config"
+    return f"{origin} (with overrides)" if overrides else origin
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> PipelineConfig:
     """Load a pipeline config from YAML (following `extends`), apply dotted overrides and resolve its paths.
 
@@ -362,9 +368,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     """
     raw = read_yaml(Path(path)) if path is not None else {}
     raw = apply_overrides(raw, overrides or [])
-    origin = str(path) if path is not None else "config"
-    if overrides:
-        origin += " (with overrides)"
+    origin = config_origin(path, overrides)
     try:
         config = PipelineConfig.model_validate(raw)
     except ValidationError as exc:

@@ -14,11 +14,16 @@ import re
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from ner_pipeline.errors import ModelError
+
+if TYPE_CHECKING:
+    from ner_pipeline.artifacts import Artifact
+    from ner_pipeline.config import PipelineConfig
 
 logger = logging.getLogger(__name__)
 
@@ -168,6 +173,57 @@ def check_model_ref(
     )
 
 
+#: Stages that load the base model named by `model.name_or_path`.
+MODEL_STAGES = ("tokenize", "train")
+_TRUE = ("1", "true", "yes", "on")
+HUB_TIMEOUT_SECONDS = 5.0
+
+
+def hub_access(env: Mapping[str, str]) -> HubAccess:
+    """How to reach the Hub, from the variables huggingface_hub reads (`env`: the caller's environment)."""
+    offline = any(env.get(name, "").strip().lower() in _TRUE for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    if env.get("HF_HUB_CACHE"):
+        cache = Path(env["HF_HUB_CACHE"])
+    elif env.get("HF_HOME"):
+        cache = Path(env["HF_HOME"]) / "hub"
+    else:
+        cache = Path(env.get("XDG_CACHE_HOME") or "~/.cache") / "huggingface" / "hub"
+    return HubAccess(
+        endpoint=env.get("HF_ENDPOINT") or "https://huggingface.co",
+        cache_dir=cache.expanduser(),
+        offline=offline,
+        timeout=HUB_TIMEOUT_SECONDS,
+        token=env.get("HF_TOKEN") or None,
+    )
+
+
+def check_base_model(cfg: PipelineConfig, stages: Sequence[str], origin: str, env: MutableMapping[str, str]) -> None:
+    """The check `ner-pipeline run`/`stage`/`sweep` and the Prefect flows make before any stage runs: when a stage
+    that loads `model.name_or_path` is to be built, the reference must load (`check_model_ref`).
+
+    Args:
+        cfg: The resolved config.
+        stages: The stages the run builds (the others are looked up in the cache).
+        origin: Where the config came from, for the message (`configs/x.yaml (with overrides)`).
+        env: The process environment: read for the Hub settings; when only the Hugging Face cache's copy can be
+            used, HF_HUB_OFFLINE and TRANSFORMERS_OFFLINE are set in it, so transformers does not retry the Hub.
+
+    Raises:
+        ModelError: one line naming the config field and the fix.
+    """
+    from ner_pipeline import pipeline
+
+    building = [s for s in pipeline.plan(cfg, stages) if s in stages and s in MODEL_STAGES]
+    if not building:
+        return
+    where = f"{origin}: model.name_or_path"
+    checked = check_model_ref(cfg.model.name_or_path, cfg.model.revision, hub_access(env), where=where)
+    if checked.source == "cache":
+        # Read by huggingface_hub when first imported, which the stages do later in this process.
+        env["HF_HUB_OFFLINE"] = "1"
+        env["TRANSFORMERS_OFFLINE"] = "1"
+
+
 def _looks_like_path(ref: str) -> bool:
     return ref.startswith(("/", "./", "../", "~")) or Path(ref).expanduser().exists() or ref.count("/") > 1
 
@@ -213,3 +269,70 @@ def probe_hub(
     except (urllib.error.URLError, TimeoutError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         return "unreachable", f"{type(reason).__name__}: {reason}" if str(reason) else type(reason).__name__
+
+
+MODEL_HELP = "give a model folder (artifacts/train/<key>/model) or models:/NAME@alias"
+
+
+def check_model_source(
+    source: str, backend: str, onnx: str | None, tracking_uri: str, retry: Callable[..., str] | None = None
+) -> None:
+    """Check a trained model `predict`, `serve` and `batch-predict` (CLI and flow) are given, before loading it.
+
+    Args:
+        source: A model folder or `models:/NAME@alias|/VERSION`.
+        backend: auto, torch, onnx or onnx-int8.
+        onnx: The export folder for a model folder (ONNX backends), if given.
+        tracking_uri: The registry for a `models:/` source.
+        retry: Builds the caller's command with other options, e.g. `retry("--backend", "torch")`, for the hint;
+            None: the message names the fix without a command.
+
+    Raises:
+        RegistryError: no such registered model, version or alias (or no store).
+        ModelError: not a model folder, or an ONNX backend without the ONNX graph it needs.
+    """
+    if source.startswith("models:/"):
+        from ner_pipeline import registry
+
+        registry.resolve_version(tracking_uri, source)
+        return
+    folder = Path(source)
+    if not folder.is_dir():
+        raise ModelError(f"--model {source}: no such folder; {MODEL_HELP}")
+    if not (folder / "config.json").is_file():
+        raise ModelError(f"--model {source}: not a model folder (no config.json); {MODEL_HELP}")
+    if backend in ("auto", "torch"):
+        return
+    from ner_pipeline.predict import ONNX_FILES
+
+    needed = ONNX_FILES[backend]
+    on_torch = f": {retry('--backend', 'torch')}" if retry else " (--backend torch)"
+    if onnx is not None:
+        if not any((Path(onnx) / name).is_file() for name in needed):
+            raise ModelError(
+                f"--onnx {onnx}: no {' or '.join(needed)} for --backend {backend}; give the export stage's folder "
+                f"of this model (artifacts/export/<key>), or run on PyTorch{on_torch}"
+            )
+        return
+    if any((folder / name).is_file() for name in needed):
+        return
+    export = find_export(folder)
+    if export is not None:
+        with_onnx = retry("--backend", backend, "--onnx", str(export.path)) if retry else f"--onnx {export.path}"
+        raise ModelError(f"--backend {backend} needs this model's ONNX export, which --onnx names: {with_onnx}")
+    raise ModelError(
+        f"--backend {backend} needs this model's ONNX export (--onnx), and none was found beside it; "
+        f"run on PyTorch{on_torch}"
+    )
+
+
+def find_export(model_dir: Path) -> Artifact | None:
+    """The newest export artifact built from the train artifact `model_dir` belongs to (`<root>/train/<key>/model`)."""
+    from ner_pipeline.artifacts import ArtifactStore
+
+    train = model_dir.resolve().parent
+    if train.parent.name != "train":
+        return None
+    store = ArtifactStore(train.parent.parent)
+    exports = [a for a in store.list() if a.stage == "export" and a.inputs.get("train") == train.name]
+    return max(exports, key=lambda a: a.created, default=None)

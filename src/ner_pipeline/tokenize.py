@@ -73,10 +73,12 @@ def document_neighbours(doc_ids: Sequence[int], index: int, span: int = 2) -> tu
     return before, after
 
 
-def encode_split(split: Any, encoder: WordEncoder, desc: str = "") -> tuple[dict[str, list], int]:
-    """Encode every sentence of an ingest split; return dataset columns and how many sentences needed windows."""
-    from tqdm.auto import tqdm
+def encode_split(split: Any, encoder: WordEncoder, progress: Any | None = None) -> tuple[dict[str, list], int]:
+    """Encode every sentence of an ingest split; return dataset columns and how many sentences needed windows.
 
+    Args:
+        progress: A tqdm bar to advance by one per sentence (the stage's one bar, across its splits), if any.
+    """
     tokens = split["tokens"]
     tags = split["ner_tags"]
     doc_ids = split["document_id"]
@@ -86,7 +88,9 @@ def encode_split(split: Any, encoder: WordEncoder, desc: str = "") -> tuple[dict
         k: [] for k in ("input_ids", "attention_mask", "labels", "word_ids", "sentence_id", "window")
     }
     windowed = 0
-    for i in tqdm(range(len(tokens)), desc=f"tokenize {desc}", unit="sent", mininterval=2, leave=False):
+    for i in range(len(tokens)):
+        if progress is not None:
+            progress.update()
         context = None
         if encoder.prep.document_context:
             before, after = document_neighbours(doc_ids, i)
@@ -101,6 +105,19 @@ def encode_split(split: Any, encoder: WordEncoder, desc: str = "") -> tuple[dict
             columns["sentence_id"].append(ids[i])
             columns["window"].append(w)
     return columns, windowed
+
+
+# Below this many sentences tokenizing takes seconds: no bar (the stage's start and end lines say enough).
+PROGRESS_MIN_SENTENCES = 10_000
+
+
+def progress_bar(total: int) -> Any:
+    """The tokenize stage's one progress bar (stderr) over all its splits; disabled for small data sets."""
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=total, desc="tokenize", unit="sent", mininterval=2, leave=False, disable=total < PROGRESS_MIN_SENTENCES
+    )
 
 
 def run_tokenize(
@@ -120,8 +137,10 @@ def run_tokenize(
         encoder = WordEncoder(tokenizer, prep)
         splits = load_splits(ingest_artifact)
         encoded, stats = {}, {}
+        with progress_bar(sum(len(split) for split in splits.values())) as bar:
+            encoded_splits = {name: encode_split(split, encoder, bar) for name, split in splits.items()}
         for name, split in splits.items():
-            columns, windowed = encode_split(split, encoder, name)
+            columns, windowed = encoded_splits[name]
             encoded[name] = Dataset.from_dict(columns)
             stats[name] = {
                 "sentences": len(split),

@@ -8,6 +8,7 @@ import typer
 
 from ner_pipeline.artifacts import Artifact, folder_size
 from ner_pipeline.cli.common import DEFAULT_CONFIG, ConfigOpt, SetOpt, load, tracking_uri, user_errors
+from ner_pipeline.cli.hints import invocation
 from ner_pipeline.config import PipelineConfig
 from ner_pipeline.integrity import NO_RECORDS, VerifyMode
 from ner_pipeline.pipeline import open_store
@@ -32,7 +33,8 @@ def artifacts_list(config: ConfigOpt = DEFAULT_CONFIG, set_: SetOpt = None) -> N
         rows.append((a.stage, a.key, human_size(artifact_size(a)), a.created, inputs, status))
     typer.echo(render_table(("stage", "key", "size", "created", "inputs", "status"), rows))
     if any(stale.values()):
-        typer.echo(f"{sum(map(bool, stale.values()))} stale artifact(s): `ner-pipeline artifacts prune --stale`")
+        prune = invocation(config, set_).command("artifacts", "prune", "--stale")
+        typer.echo(f"{sum(map(bool, stale.values()))} stale artifact(s): {prune}")
 
 
 @app.command("verify")
@@ -76,6 +78,13 @@ def artifacts_prune(
         bool, typer.Option("--stale", help="Remove only what the installed code and libraries would not build again.")
     ] = False,
     dry_run: Annotated[bool, typer.Option(help="Only list what would go.")] = False,
+    mlflow: Annotated[
+        bool,
+        typer.Option(
+            "--mlflow",
+            help="Also delete the MLflow runs and logged models that no registered version and no kept artifact needs.",
+        ),
+    ] = False,
     config: ConfigOpt = DEFAULT_CONFIG,
     set_: SetOpt = None,
 ) -> None:
@@ -91,6 +100,10 @@ def artifacts_prune(
     for a in removed:
         typer.echo(f"{verb} {a.stage}/{a.key}")
     typer.echo(f"{verb} {len(removed)} artifact(s); {len(protected)} key(s) protected by the model registry")
+    if mlflow:
+        from ner_pipeline.cli.cleanup import prune_mlflow
+
+        prune_mlflow(cfg, {a.key for a in store.list()} - {a.key for a in removed}, dry_run)
 
 
 def registered_artifact_keys(cfg: PipelineConfig) -> set[str]:

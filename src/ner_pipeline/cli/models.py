@@ -45,11 +45,11 @@ def promote(
 @user_errors
 def rollback(
     model: Annotated[str, typer.Option(help="Registered model name.")],
-    reason: Annotated[str | None, typer.Option(help="Why, recorded in the audit trail.")] = None,
+    reason: Annotated[str, typer.Option(help="Why, recorded in the audit trail (required).")],
     config: ConfigOpt = DEFAULT_CONFIG,
     set_: SetOpt = None,
 ) -> None:
-    """Put `production` back on `previous-production`."""
+    """Put `production` back on `previous-production` (once: a second rollback waits for another promotion)."""
     from ner_pipeline import registry
 
     typer.echo(registry.rollback(tracking_uri(load(config, set_)), model, reason).summary())
@@ -95,10 +95,10 @@ def models_history(
     from ner_pipeline import registry
 
     rows = [
-        (e["at"], e["actor"], e["action"], e["from_version"] or "-", e["to_version"] or "-", e["reason"])
+        (e["at"], e["actor"], e["action"], e["from_version"] or "-", e["to_version"] or "-", e["interval"], e["reason"])
         for e in registry.history(tracking_uri(load(config, set_)), name)
     ]
-    typer.echo(render_table(("when", "who", "action", "from", "to", "reason"), rows))
+    typer.echo(render_table(("when", "who", "action", "from", "to", "interval", "reason"), rows))
 
 
 @app.command()

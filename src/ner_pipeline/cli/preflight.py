@@ -1,8 +1,9 @@
 """Checks `run` and `stage` make before any stage runs (and before Prefect starts), each failing in one line.
 
-- The base model can be loaded: a folder that exists, an installed `package:`, or a Hub id the Hub knows or the
-  Hugging Face cache holds (the Hub probed once, with a short timeout). With the Hub unreachable and a cached
-  copy, the process switches to offline mode, so transformers does not retry the Hub for every file.
+- The base model can be loaded (`modelref.check_base_model`, which the Prefect flows run too): a folder that
+  exists, an installed `package:`, or a Hub id the Hub knows or the Hugging Face cache holds (the Hub probed once,
+  with a short timeout). With the Hub unreachable and a cached copy, the process switches to offline mode, so
+  transformers does not retry the Hub for every file.
 - The stages this run does not build are in the artifact cache; if one is not, the error prints the command
   that builds it, with the user's own flags.
 """
@@ -12,57 +13,23 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
-from ner_pipeline import pipeline
+from ner_pipeline import modelref, pipeline
 from ner_pipeline.artifacts import Artifact
 from ner_pipeline.cli.hints import Invocation
 from ner_pipeline.config import PipelineConfig
 from ner_pipeline.errors import ArtifactError
-from ner_pipeline.modelref import HubAccess, check_model_ref
 
 logger = logging.getLogger(__name__)
 
-#: Stages that load the base model named by `model.name_or_path`.
-MODEL_STAGES = ("tokenize", "train")
-TRUE = ("1", "true", "yes", "on")
-HUB_TIMEOUT_SECONDS = 5.0
-
-
-def hub_access(env: Mapping[str, str]) -> HubAccess:
-    """How to reach the Hub, from the variables huggingface_hub reads."""
-    offline = any(env.get(name, "").strip().lower() in TRUE for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-    if env.get("HF_HUB_CACHE"):
-        cache = Path(env["HF_HUB_CACHE"])
-    elif env.get("HF_HOME"):
-        cache = Path(env["HF_HOME"]) / "hub"
-    else:
-        cache = Path(env.get("XDG_CACHE_HOME") or "~/.cache") / "huggingface" / "hub"
-    return HubAccess(
-        endpoint=env.get("HF_ENDPOINT") or "https://huggingface.co",
-        cache_dir=cache.expanduser(),
-        offline=offline,
-        timeout=HUB_TIMEOUT_SECONDS,
-        token=env.get("HF_TOKEN") or None,
-    )
-
 
 def check_base_model(cfg: PipelineConfig, stages: Sequence[str], origin: str) -> None:
-    """Check `model.name_or_path` when a stage that loads it is to be built (see the module docstring).
+    """`modelref.check_base_model` with this process's environment (the Prefect flows run the same check).
 
     Raises:
         ModelError: one line naming the config field and the fix.
     """
-    building = [s for s in pipeline.plan(cfg, stages) if s in stages and s in MODEL_STAGES]
-    if not building:
-        return
-    checked = check_model_ref(
-        cfg.model.name_or_path, cfg.model.revision, hub_access(os.environ), where=f"{origin}: model.name_or_path"
-    )
-    if checked.source == "cache":
-        # Read by huggingface_hub when first imported, which the stages do later in this process.
-        os.environ["HF_HUB_OFFLINE"] = "1"
-        os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    modelref.check_base_model(cfg, stages, origin, os.environ)
 
 
 def check_cached_inputs(

@@ -12,9 +12,9 @@ import typer
 
 from ner_pipeline.cli.common import DEFAULT_CONFIG, ConfigOpt, SetOpt, load, tracking_uri, user_errors
 from ner_pipeline.cli.hints import Invocation, invocation
-from ner_pipeline.cli.modelsource import check_model_source
 from ner_pipeline.config import PipelineConfig, ServeConfig
 from ner_pipeline.errors import PredictError
+from ner_pipeline.modelref import check_model_source
 
 app = typer.Typer()
 logger = logging.getLogger("ner_pipeline.cli")
@@ -94,7 +94,7 @@ def predict(
     def retry(*options: str) -> str:  # this very command with other options, for hints
         return predict_command(invocation(config, set_), text, file, jsonl, model, aggregation, *options)
 
-    check_model_source(source, chosen, onnx, cfg, retry)
+    check_model_source(source, chosen, onnx, tracking_uri(cfg), retry)
     handle = load_handle(source, chosen, tracking_uri(cfg), onnx, cfg.serve.threads)
     try:
         results = handle.predictor.predict(texts, aggregation=aggregation)
@@ -149,7 +149,11 @@ def serve(
     source = model_source(cfg, model)
     # Fail here in one line, not in uvicorn's start-up with a traceback.
     check_model_source(
-        source, settings.backend, onnx, cfg, lambda *options: serve_command(config, set_, source, *options)
+        source,
+        settings.backend,
+        onnx,
+        tracking_uri(cfg),
+        lambda *options: serve_command(config, set_, source, *options),
     )
     for handler in logging.getLogger().handlers:
         handler.addFilter(RequestIdFilter())

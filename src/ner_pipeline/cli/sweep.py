@@ -25,7 +25,12 @@ def sweep(
 
     Trials run in this process, one after another; the `ner-sweep` Prefect flow runs them as concurrent tasks.
     """
+    from ner_pipeline import pipeline
+    from ner_pipeline.cli.preflight import check_base_model
+    from ner_pipeline.config import config_origin
     from ner_pipeline.sweep import run_sweep
 
-    result = run_sweep(load(config, set_), trials)
+    cfg = load(config, set_)
+    check_base_model(cfg, pipeline.STAGES, config_origin(config, set_))
+    result = run_sweep(cfg, trials)
     typer.echo(result.to_markdown())

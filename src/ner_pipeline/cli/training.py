@@ -16,7 +16,7 @@ from ner_pipeline.cli import preflight
 from ner_pipeline.cli.common import DEFAULT_CONFIG, ConfigOpt, SetOpt, load, tracking_uri, user_errors
 from ner_pipeline.cli.console import tell_stage_story
 from ner_pipeline.cli.hints import Invocation, invocation
-from ner_pipeline.config import PipelineConfig
+from ner_pipeline.config import PipelineConfig, config_origin
 from ner_pipeline.errors import ConfigError
 
 app = typer.Typer()
@@ -63,7 +63,7 @@ def run(
 
 def origin(config: Path, overrides: list[str] | None) -> str:
     """How config errors name where a value came from (as `load_config` does)."""
-    return f"{config} (with overrides)" if overrides else str(config)
+    return config_origin(config, overrides)
 
 
 def next_steps(summary: Any, invoked: Invocation) -> str:

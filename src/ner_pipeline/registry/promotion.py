@@ -249,7 +249,8 @@ def _apply(client: Any, decision: Decision, moves: list[tuple[str, str | None]])
         _write_entry(client, name, key, {**record, "state": "conflict"})
         raise RegistryError(
             f"model '{name}': aliases changed during the {decision.action} (expected {expected}, found {found}); "
-            f"another writer moved them without the promotion lock; see `ner-pipeline models history {name}`"
+            f"another writer moved them without the promotion lock; its audit trail: `models history {name}` with your "
+            "--config and --set flags"
         )
     _write_entry(client, name, key, {**record, "state": "done"})
 

@@ -64,7 +64,7 @@ def served_variant(onnx_dir: Path | None) -> ServedVariant:
     if not path.is_file():
         raise RegistryError(
             f"{onnx_dir}/{PARITY_FILE}: accepts {default} ({path.name}) but the file is missing; "
-            "rebuild the export (ner-pipeline run --only export)"
+            "rebuild the export: the `run` that built it, with its --config and --set flags and `--only export`"
         )
     # The onnx backend loads the graph-optimized file itself when it is present and accepted.
     return ServedVariant("onnx" if default == "onnx-optimized" else default, path)

@@ -14,11 +14,14 @@ promotion gate's job (`registry.promotion`).
 
 from __future__ import annotations
 
+import io
 import logging
 import os
+import sys
 import tempfile
+import threading
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stderr
 from pathlib import Path
 from typing import Any
 
@@ -158,7 +161,7 @@ def _log_and_create_version(
         served = {"served_backend": variant.backend}
         if variant.onnx_file is not None:
             served["served_onnx_file"] = variant.onnx_file.name
-        with fluent_uris(tracking_uri), mlflow.start_run(run_id=run_id) as run:
+        with fluent_uris(tracking_uri), mlflow.start_run(run_id=run_id) as run, mlflow_prints_to_log():
             signature, example = pyfunc_signature()
             info = mlflow.pyfunc.log_model(
                 name=MODEL_ARTIFACT_PATH,
@@ -172,6 +175,41 @@ def _log_and_create_version(
             )
             version = mlflow.register_model(info.model_uri, name, tags=dict(tags))
     return info.model_uri, str(version.version), run.info.run_id
+
+
+# Our pyfunc model is a Python object on purpose (`pyfunc.make_pyfunc_model`): MLflow warns about pickling it on
+# every registration.
+EXPECTED_MLFLOW_WARNINGS = ("Passing a Python object as `python_model`",)
+
+
+@contextmanager
+def mlflow_prints_to_log() -> Iterator[None]:
+    """Send what MLflow prints to stderr in a block ("Successfully registered model", "Created version") to our
+    log at INFO instead of the console: `register_model` prints them, bypassing logging, on every registration.
+
+    MLflow's print helper and its own log handler write to whatever `sys.stderr` is at the time, so redirecting it
+    catches both; a line MLflow logged at WARNING or above is logged at WARNING, unless it is one we expect
+    (`EXPECTED_MLFLOW_WARNINGS`).
+    """
+
+    original, state = sys.stderr, threading.local()
+
+    class _ToLog(io.TextIOBase):
+        def write(self, text: str) -> int:
+            if getattr(state, "busy", False):  # a log handler reporting its own failure: to the real stderr
+                return original.write(text)
+            state.busy = True
+            try:
+                for line in filter(None, (part.strip() for part in text.splitlines())):
+                    serious = any(f" {level} " in f" {line} " for level in ("WARNING", "ERROR", "CRITICAL"))
+                    serious = serious and not any(expected in line for expected in EXPECTED_MLFLOW_WARNINGS)
+                    logger.log(logging.WARNING if serious else logging.INFO, "mlflow: %s", line)
+            finally:
+                state.busy = False
+            return len(text)
+
+    with redirect_stderr(_ToLog()):
+        yield
 
 
 # MLflow mirrors the URIs it is given into these variables (for subprocesses); they are put back too.
