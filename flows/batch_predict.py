@@ -12,7 +12,7 @@ from prefect.runtime import flow_run
 
 from ner_pipeline.batch import CHUNK_SIZE
 from ner_pipeline_tasks.batch import batch_predict_task
-from ner_pipeline_tasks.config import load_config_task
+from ner_pipeline_tasks.config import load_config_task, show_library_logs
 
 
 @flow(name="ner-batch-predict", log_prints=False)
@@ -38,6 +38,7 @@ def batch_predict_flow(
         backend: auto, torch, onnx or onnx-int8.
         text_field: JSONL field / Parquet column holding the text.
     """
+    show_library_logs()
     config = load_config_task(config_path, list(overrides or []))
     target = output or f"{source.rstrip('/').rsplit('.', 1)[0]}.entities.parquet"
     options = {"chunk_size": chunk_size, "backend": backend, "text_field": text_field, "progress": False}

@@ -20,7 +20,7 @@ from prefect.cache_policies import NO_CACHE
 from ner_pipeline import pipeline, sweep
 from ner_pipeline.config import RegistryConfig
 from ner_pipeline.sweep_trials import TrialOutcome, TrialSpec, run_trial
-from ner_pipeline_tasks.config import check_model_task, load_config_task
+from ner_pipeline_tasks.config import check_model_task, load_config_task, show_library_logs
 from ner_pipeline_tasks.registry import promote_task
 from ner_pipeline_tasks.stages import build_stage, lookup_task
 
@@ -51,6 +51,7 @@ def sweep_flow(
         overrides: `key=value` config overrides, e.g. `["sweep.parallel=2"]`.
         trials: Trials to add; None resumes up to `sweep.trials` finished trials.
     """
+    show_library_logs()
     config = load_config_task(config_path, list(overrides or []))
     check_model_task(config, list(pipeline.STAGES), config_path, list(overrides or []))
 

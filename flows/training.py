@@ -25,7 +25,7 @@ from ner_pipeline.artifacts import Artifact
 from ner_pipeline.config import RegistryConfig
 from ner_pipeline.errors import ConfigError
 from ner_pipeline_flows.server import prefect_api
-from ner_pipeline_tasks.config import check_model_task, load_config_task
+from ner_pipeline_tasks.config import check_model_task, load_config_task, show_library_logs
 from ner_pipeline_tasks.registry import promote_task
 from ner_pipeline_tasks.stages import build_stage, lookup_task
 from ner_pipeline_tasks.tracking import end_run_task, open_tracking_task, track_stage_task
@@ -48,6 +48,7 @@ def training_flow(
         only: Run exactly these stages, reusing cached upstream artifacts.
         from_stage: Run this stage and every later one.
     """
+    show_library_logs()
     config = load_config_task(config_path, list(overrides or []))
     selected = pipeline.select_stages(only, from_stage)
     check_model_task(config, list(selected), config_path, list(overrides or []))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 from prefect import task
@@ -9,6 +10,17 @@ from prefect.cache_policies import NO_CACHE
 
 from ner_pipeline import modelref
 from ner_pipeline.config import PipelineConfig, config_origin, load_config
+
+
+def show_library_logs() -> None:
+    """Let the library's INFO lines (stage cache hits and misses, a resumed training) reach the flow run's logs.
+
+    `PREFECT_LOGGING_EXTRA_LOGGERS=ner_pipeline` attaches Prefect's handlers to the library's logger but sets no
+    level, so in a worker's flow run it stays at the root's WARNING. A more verbose level (the CLI's) is kept.
+    """
+    library = logging.getLogger("ner_pipeline")
+    if library.getEffectiveLevel() > logging.INFO:
+        library.setLevel(logging.INFO)
 
 
 @task(name="load-config")

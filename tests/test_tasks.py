@@ -57,3 +57,25 @@ def test_user_errors_fail_at_once_and_passing_failures_are_retried(harness):
     assert attempts_until_failed(DataError("train.txt line 2: expected at least 2 columns")) == 1
     assert attempts_until_failed(SourceUnavailableError("the Hub did not answer")) == 3  # transient
     assert attempts_until_failed(ConnectionResetError("connection reset by peer")) == 3
+
+
+def test_library_info_lines_reach_a_flow_run_whose_root_logger_is_at_warning():
+    import logging
+
+    from ner_pipeline_tasks.config import show_library_logs
+
+    library, root = logging.getLogger("ner_pipeline"), logging.getLogger()
+    saved = library.level, root.level
+    try:
+        library.setLevel(logging.NOTSET)
+        root.setLevel(logging.WARNING)  # a worker's flow run: Prefect attaches handlers, sets no level
+        show_library_logs()
+        assert logging.getLogger("ner_pipeline.pipeline").isEnabledFor(logging.INFO)
+
+        library.setLevel(logging.NOTSET)
+        root.setLevel(logging.DEBUG)  # the CLI's -v: more verbose than INFO stays so
+        show_library_logs()
+        assert logging.getLogger("ner_pipeline.pipeline").isEnabledFor(logging.DEBUG)
+    finally:
+        library.setLevel(saved[0])
+        root.setLevel(saved[1])

@@ -186,6 +186,8 @@ def test_a_run_killed_during_training_on_worker_a_is_resumed_by_worker_b_from_th
     ]
     resumed_from = [m["stats"].get("resumed_from_step", 0) for m in manifests if m["key"] in killed_keys]
     assert resumed_from and resumed_from[0] in uploaded, f"B resumed from {resumed_from}, A uploaded {uploaded}"
+    # ...and says so in the flow run's output (the library's INFO lines reach a worker's flow run).
+    assert f"(step {resumed_from[0]})" in b.log.read_text(), b.log.read_text()[-4000:]
 
 
 def wait_for_checkpoint(stack: TeamStack, worker: Worker, timeout: float) -> None:

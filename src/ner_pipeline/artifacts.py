@@ -234,7 +234,7 @@ class ArtifactStore:
         if artifact is None:
             raise ArtifactError(
                 f"no {stage} artifact {key} under {self.root}; run the '{stage}' stage first "
-                f"(ner-pipeline run --only {stage})"
+                f"(ner-pipeline run --only {stage}, with the same --config and --set flags)"
             )
         return artifact
 
