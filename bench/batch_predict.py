@@ -61,7 +61,7 @@ def time_direct(model_dir: Path, onnx_dir: Path | None, texts: list[str]) -> tup
     return time.perf_counter() - started, backend
 
 
-def time_flow(model_dir: Path, onnx_dir: Path | None, corpus: Path, work: Path) -> tuple[float, dict]:
+def time_flow(model_dir: Path, onnx_dir: Path | None, backend: str, corpus: Path, work: Path) -> tuple[float, dict]:
     import yaml
     from prefect.testing.utilities import prefect_test_harness
 
@@ -86,7 +86,12 @@ def time_flow(model_dir: Path, onnx_dir: Path | None, corpus: Path, work: Path) 
     with prefect_test_harness():
         started = time.perf_counter()
         summary = batch_predict_flow(
-            str(corpus), output=str(work / "out.parquet"), model=str(model_dir), config_path=str(config)
+            str(corpus),
+            output=str(work / "out.parquet"),
+            model=str(model_dir),
+            config_path=str(config),
+            backend=backend,  # the direct row's backend: the ratio credits only the flow around the predictor
+            onnx=str(onnx_dir) if onnx_dir else None,
         )
         seconds = time.perf_counter() - started
     return seconds, summary
@@ -111,7 +116,7 @@ def main() -> None:
         corpus = work / "corpus.txt"
         corpus.write_text("\n".join(texts) + "\n", encoding="utf-8")
         direct_s, backend = time_direct(model_dir, onnx_dir, texts)
-        flow_s, summary = time_flow(model_dir, onnx_dir, corpus, work)
+        flow_s, summary = time_flow(model_dir, onnx_dir, backend, corpus, work)
     direct_rate, flow_rate = len(texts) / direct_s, len(texts) / flow_s
     ratio = flow_s / direct_s - 1
     command = f".venv/bin/python bench/batch_predict.py --sentences {args.sentences}"

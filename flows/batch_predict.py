@@ -24,6 +24,7 @@ def batch_predict_flow(
     overrides: list[str] | None = None,
     chunk_size: int = CHUNK_SIZE,
     backend: str = "auto",
+    onnx: str | None = None,
     text_field: str = "text",
 ) -> dict:
     """Tag every text of `source`.
@@ -36,12 +37,13 @@ def batch_predict_flow(
         overrides: `key=value` config overrides.
         chunk_size: Texts per cached chunk.
         backend: auto, torch, onnx or onnx-int8.
+        onnx: The export folder of a model folder's ONNX graphs (a registered model carries its own).
         text_field: JSONL field / Parquet column holding the text.
     """
     show_library_logs()
     config = load_config_task(config_path, list(overrides or []))
     target = output or f"{source.rstrip('/').rsplit('.', 1)[0]}.entities.parquet"
-    options = {"chunk_size": chunk_size, "backend": backend, "text_field": text_field, "progress": False}
+    options = {"chunk_size": chunk_size, "backend": backend, "onnx": onnx, "text_field": text_field, "progress": False}
     result = batch_predict_task(config, source, target, model, options, {"prefect.flow_run_id": str(flow_run.get_id())})
     get_run_logger().info(
         "%s: %d texts, %d/%d chunks computed", result.output, result.texts, result.computed, result.chunks

@@ -191,3 +191,20 @@ def test_flow_tags_a_corpus_under_prefect(tmp_path: Path, person_model: Path) ->
     assert summary == {"output": str(tmp_path / "in" / "corpus.entities.parquet"), "texts": 12, "computed": 3,
                        "chunks": 3}  # fmt: skip
     assert pq.read_table(summary["output"]).num_rows == 12
+
+    # A model folder's ONNX export reaches the job: the same texts on the graph tag what PyTorch tagged.
+    from ner_pipeline.export import export_onnx
+
+    onnx_dir = tmp_path / "onnx"
+    export_onnx(person_model, onnx_dir, opset=17)
+    with prefect_test_harness():
+        on_graph = batch_predict_flow(
+            str(corpus), output=str(tmp_path / "graph.parquet"), model=str(person_model), config_path=str(config),
+            chunk_size=5, backend="onnx", onnx=str(onnx_dir),
+        )  # fmt: skip
+    assert on_graph["computed"] == 3  # another backend: every chunk computed again, not served from the cache
+    torch_rows = pq.read_table(summary["output"]).column("entities").to_pylist()
+    graph_rows = pq.read_table(on_graph["output"]).column("entities").to_pylist()
+    assert [[(e["label"], e["start"], e["end"]) for e in row] for row in graph_rows] == [
+        [(e["label"], e["start"], e["end"]) for e in row] for row in torch_rows
+    ]
