@@ -16,6 +16,7 @@ from test_promotion import add_version, aliases, rows_for
 from ner_pipeline import registry
 from ner_pipeline.config import RegistryConfig
 from ner_pipeline.errors import RegistryError
+from ner_pipeline.registry.register import fluent_uris
 
 NAME = "ner-test"
 URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
@@ -221,9 +222,8 @@ def test_model_loaded_from_the_production_alias_predicts_like_its_source_folder(
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     version = register(uri, person_model, f1=0.8, per=0.8, loc=0.8)
     assert registry.promote(uri, CFG, NAME, version).accepted
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    loaded = mlflow.pyfunc.load_model(f"models:/{NAME}@production")
+    with fluent_uris(uri):  # MLflow's own loader reads the fluent URIs; put back after, for later tests
+        loaded = mlflow.pyfunc.load_model(f"models:/{NAME}@production")
     texts = ["Angela Merkel visited São Paulo", "nothing"]
     got = loaded.predict(pd.DataFrame({"text": texts}))
     expected = [[e.model_dump() for e in ents] for ents in Predictor.load(person_model).predict(texts)]

@@ -159,7 +159,7 @@ def test_a_request_past_its_deadline_gets_504_and_its_remaining_passes_are_skipp
     loader, made = controlled_loader(person_model)
     app = create_app(ServeConfig(request_timeout_s=1, batch_wait_ms=0), loader=loader)
     # The held word's short window goes first; the long texts need more passes, which nobody waits for after 1 s.
-    texts = [HOLD] + [" ".join(["Angela Merkel met Emmanuel Macron in Paris"] * 4)] * 8
+    texts = [HOLD] + [" ".join(["Angela Merkel met Emmanuel Macron in Paris"] * 4)] * 16
     assert count_passes(person_model, texts) >= 2
     with ready_client(app) as client:
         backend, gate = made["backend"], app.state.service.gate

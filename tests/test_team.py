@@ -93,7 +93,7 @@ def read_store_json(stack: TeamStack, relative: str) -> dict:
 def model_versions(stack: TeamStack) -> list[str]:
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri=stack.mlflow_uri)
+    client = MlflowClient(tracking_uri=stack.mlflow_uri, registry_uri=stack.mlflow_uri)  # whatever was set before
     return sorted(v.version for v in client.search_model_versions(f"name='{MODEL}'"))
 
 
