@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import warnings
 from collections.abc import Iterable, Sequence
 from contextlib import nullcontext
@@ -32,6 +33,10 @@ from ner_pipeline.tokenize import load_tokenized
 logger = logging.getLogger(__name__)
 
 STAGE = "train"
+# transformers and accelerate keep process-wide state (`AcceleratorState`, which every TrainingArguments resets), so
+# two Trainers in threads of one process break each other; trials run as threads (a sweep's Prefect tasks) take
+# turns here, and only separate processes train at once.
+_ONE_TRAINER = threading.Lock()
 VERSION = "1"
 MODEL_INPUTS = ["input_ids", "attention_mask", "labels"]
 CHECKPOINTS = "checkpoints"
@@ -334,7 +339,8 @@ def run_train(
             logger.info("train: trained meanwhile by another run, reusing %s", existing.location)
             return existing
         work = store.work_dir(STAGE, key)  # on a remote store: holds the checkpoint a killed worker published
-        result = fit(model_cfg, train_cfg, tokenize_artifact, work, [*checkpoint_publisher(store, key), *callbacks])
+        with _ONE_TRAINER:
+            result = fit(model_cfg, train_cfg, tokenize_artifact, work, [*checkpoint_publisher(store, key), *callbacks])
         if result.is_main:
             artifact = store.build(
                 STAGE,
