@@ -301,8 +301,19 @@ class ArtifactStore:
             if existing is not None:  # another process finished it while we waited
                 logger.info("%s: built concurrently by another run, reusing %s", stage, existing.location)
                 return existing
-            manifest = self._write(stage, key, producer, inputs, config)
-            shutil.rmtree(self.root / stage / f".work-{key}", ignore_errors=True)
+            return self._produce(stage, key, producer, inputs, config)
+
+    def _produce(
+        self,
+        stage: str,
+        key: str,
+        producer: Callable[[Path], Mapping[str, Any]],
+        inputs: Mapping[str, str] | None,
+        config: Any,
+    ) -> Artifact:
+        """Build the missing artifact (the caller holds the key's build lock) and drop its work folder."""
+        manifest = self._write(stage, key, producer, inputs, config)
+        shutil.rmtree(self.root / stage / f".work-{key}", ignore_errors=True)
         logger.info("%s: wrote %s", stage, self.path(stage, key))
         return Artifact(stage=stage, key=key, location=self.path(stage, key), manifest=manifest, cached=False)
 

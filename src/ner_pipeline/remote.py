@@ -175,28 +175,18 @@ class RemoteArtifactStore(ArtifactStore):
             logger.info("%s: discarded %s", artifact.stage, artifact.location)
         return removed
 
-    def build(
+    def _produce(
         self,
         stage: str,
         key: str,
         producer: Callable[[Path], Mapping[str, Any]],
-        *,
-        inputs: Mapping[str, str] | None = None,
-        config: Any = None,
+        inputs: Mapping[str, str] | None,
+        config: Any,
     ) -> Artifact:
-        """Return the artifact for `key`, building and publishing it only when no worker has (module docstring)."""
-        existing = self.get(stage, key)
-        if existing is not None:
-            logger.info("%s: cache hit %s (%s)", stage, key, existing.location)
-            return existing
-        with self._lock(stage, key):
-            existing = self._intact(self.read(stage, key), locked=True)
-            if existing is not None:
-                logger.info("%s: built concurrently by another run, reusing %s", stage, existing.location)
-                return existing
-            artifact = self._publish(stage, key, producer, inputs, config)
-            if not artifact.cached:
-                self._forget_work(stage, key)
+        """Publish the missing artifact unless another worker does first (module docstring)."""
+        artifact = self._publish(stage, key, producer, inputs, config)
+        if not artifact.cached:
+            self._forget_work(stage, key)
         return artifact
 
     def _publish(
