@@ -23,7 +23,7 @@ artifact files, which is where the disk goes; the few database rows left are wha
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Set
+from collections.abc import Callable, Iterator, Set
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,7 +82,7 @@ def plan_cleanup(tracking_uri: str, kept_keys: Set[str]) -> MlflowCleanup:
     experiments = [e.experiment_id for e in client.search_experiments()]
     plan = MlflowCleanup(tracking_uri)
     running, doomed_runs = set(), set()
-    for run in _runs(client, experiments):
+    for run in _pages(client.search_runs, experiments):
         key = run.data.tags.get(TRAIN_TAG)
         if run.info.status == "RUNNING":
             running.add(run.info.run_id)
@@ -92,7 +92,7 @@ def plan_cleanup(tracking_uri: str, kept_keys: Set[str]) -> MlflowCleanup:
         doomed_runs.add(run.info.run_id)
         label = f"{run.info.run_name or '-'} (train {key})"
         plan.doomed += _doomed("run", run.info.run_id, label, run.info.artifact_uri, protected)
-    for model in _logged_models(client, experiments):
+    for model in _pages(client.search_logged_models, experiments):
         if model.model_id in needed_models or model.source_run_id in running:
             plan.kept_models += 1
             continue
@@ -147,20 +147,11 @@ def _local_path(uri: str | None) -> Path | None:
     return None
 
 
-def _runs(client: Any, experiments: list[str]) -> Iterator[Any]:
+def _pages(search: Callable[..., Any], experiments: list[str]) -> Iterator[Any]:
+    """Every item of an MLflow search (`client.search_runs`, `client.search_logged_models`), page by page."""
     token = None
     while experiments:
-        page = client.search_runs(experiments, max_results=PAGE, page_token=token)
-        yield from page
-        token = page.token
-        if not token:
-            return
-
-
-def _logged_models(client: Any, experiments: list[str]) -> Iterator[Any]:
-    token = None
-    while experiments:
-        page = client.search_logged_models(experiments, max_results=PAGE, page_token=token)
+        page = search(experiments, max_results=PAGE, page_token=token)
         yield from page
         token = page.token
         if not token:
