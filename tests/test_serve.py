@@ -98,9 +98,10 @@ def test_internal_errors_carry_no_stack_trace(person_model: Path):
         return handle
 
     with ready_client(create_app(SETTINGS, loader=loader), raise_server_exceptions=False) as client:
-        response = client.post("/predict", json={"texts": ["a"]})
+        response = client.post("/predict", json={"texts": ["a"]}, headers={"X-Request-ID": "req-500"})
     assert response.status_code == 500
-    assert response.json()["detail"] == "internal error" and "request_id" in response.json()
+    assert response.json() == {"detail": "internal error", "request_id": "req-500"}
+    assert response.headers["X-Request-ID"] == "req-500"
     assert "Traceback" not in response.text and "passwd" not in response.text
 
 

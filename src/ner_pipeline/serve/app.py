@@ -14,7 +14,7 @@ from fastapi_offline import FastAPIOffline
 
 from ner_pipeline.config import ServeConfig
 from ner_pipeline.serve.batcher import Batcher
-from ner_pipeline.serve.context import request_id_middleware
+from ner_pipeline.serve.context import RequestIdMiddleware
 from ner_pipeline.serve.guard import RequestGuard
 from ner_pipeline.serve.loading import load_handle
 from ner_pipeline.serve.routes import demo, ops, predict
@@ -49,7 +49,7 @@ def create_app(
     app.add_exception_handler(RequestValidationError, validation_error)
     # Added first, so it runs inside the request-id middleware: its refusals are logged with their id too.
     app.add_middleware(RequestGuard, api_key=api_key, max_body_bytes=settings.max_body_bytes)
-    app.middleware("http")(request_id_middleware)
+    app.add_middleware(RequestIdMiddleware)
     for module in (ops, predict, demo):
         app.include_router(module.router)
     return app
