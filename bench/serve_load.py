@@ -9,8 +9,10 @@
   must still succeed.
 
 16 concurrent clients send one CoNLL-2003 test sentence per request for `--seconds` after a 3 s warm-up; we count
-requests/s, p50/p99 latency of the good requests, errors, and the server's resident memory before and after. The
-model is the one bench/train_conll.py trained (and its ONNX export); `--model-dir`/`--onnx-dir` point at another.
+requests/s, p50/p99 latency of the good requests, errors, and the server's resident memory before and after. Each
+of `--repeats` rounds starts every server afresh, in turn; a row reports the median of its rounds (errors and
+poisoned requests: the sum). The model is the one bench/train_conll.py trained (and its ONNX export);
+`--model-dir`/`--onnx-dir` point at another.
 
     .venv/bin/python bench/serve_load.py --seconds 30
     .venv/bin/python bench/serve_load.py --seconds 3 --dry-run --model-dir M --onnx-dir O    # a smoke run
@@ -24,7 +26,9 @@ import asyncio
 import json
 import logging
 import shlex
+import statistics
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +83,23 @@ def measure(row: str, cmd: list[str], port: int, texts: list[str], args: argpars
     return result
 
 
+def median_row(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row from its rounds: the median of each measurement, the sum of errors and poisoned requests."""
+    row: dict[str, Any] = {}
+    for key, value in runs[0].items():
+        values = [run[key] for run in runs if run.get(key) is not None]
+        if key in ("errors", "poisoned_requests", "requests"):
+            row[key] = sum(values)
+        elif key in ("error_kinds", "poisoned_statuses"):
+            row[key] = dict(sum((Counter(v) for v in values), Counter()))
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            row[key] = round(statistics.median(values), 2)
+        else:
+            row[key] = value
+    row["rounds_requests_per_s"] = [run["requests_per_s"] for run in runs]
+    return row
+
+
 def model_folders(args: argparse.Namespace) -> tuple[Path, Path]:
     """The model folder and its ONNX export: given, or bench/train_conll.py's (trained first if not cached)."""
     if args.model_dir is not None:
@@ -97,6 +118,7 @@ def summarize(rows: dict[str, dict], fault: dict, args: argparse.Namespace) -> d
         "command": command_line(args),
         "clients": args.clients,
         "seconds": args.seconds,
+        "repeats": args.repeats,
         "poison_every": args.poison_every,
         "rows": rows,
         "fault": fault,
@@ -110,6 +132,8 @@ def summarize(rows: dict[str, dict], fault: dict, args: argparse.Namespace) -> d
 
 def command_line(args: argparse.Namespace) -> str:
     parts = [".venv/bin/python", "bench/serve_load.py", "--seconds", f"{args.seconds:g}"]
+    if args.repeats != 3:
+        parts += ["--repeats", str(args.repeats)]
     if args.clients != 16:
         parts += ["--clients", str(args.clients)]
     if args.model_dir is not None:
@@ -127,7 +151,8 @@ def doc_section(results: dict[str, Any]) -> str:
 
 Command: `{results["command"]}`. {results["clients"]} concurrent clients for {results["seconds"]:g} s against each
 server in turn (a real uvicorn process on loopback), one CoNLL-2003 test sentence per request, after a
-{WARMUP_S:g} s warm-up; one run of each (a single repeat). The load generator runs on the same cores.
+{WARMUP_S:g} s warm-up; the median of {results["repeats"]} rounds, each starting every server afresh (errors and
+poisoned requests: the sum over rounds). The load generator (aiohttp clients) runs on the same cores.
 Naive: one forward pass per request, as it arrives (FastAPI's thread pool), on a transformers pipeline
 (`aggregation_strategy="first"`) or on our int8 graph. Ours: `ner-pipeline serve`, dynamic batching.
 Machine: {results["machine"]}.
@@ -155,6 +180,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--poison-every", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=3, help="Rounds; each row reports the median of its rounds.")
     parser.add_argument("--dry-run", action="store_true", help="Measure and print; write no results or doc.")
     parser.add_argument(
         "--only", action="append", choices=ROWS, help="Measure only this row (repeatable); writes nothing."
@@ -166,16 +192,20 @@ def main() -> None:
     model_dir, onnx_dir = model_folders(args)
     texts = [" ".join(s.tokens) for s in read_conll(args.data / "test.txt")]
 
-    rows = {}
-    for row in args.only or ROWS:
-        port = free_port()
-        rows[row] = measure(row, server_command(row, model_dir, onnx_dir, port), port, texts, args)
+    names = [*(args.only or ROWS), *([] if args.only else ["fault"])]
+    rounds: dict[str, list[dict]] = {name: [] for name in names}
+    for _ in range(args.repeats):  # every server once per round, so a slow spell of the machine hits all rows
+        for name in names:
+            port = free_port()
+            row = "ours onnx-int8" if name == "fault" else name
+            poison = args.poison_every if name == "fault" else 0
+            cmd = server_command(row, model_dir, onnx_dir, port)
+            rounds[name].append(measure(row, cmd, port, texts, args, poison))
+    rows = {name: median_row(runs) for name, runs in rounds.items() if name != "fault"}
     if args.only:
         print(json.dumps(rows, indent=1))
         return
-    port = free_port()
-    fault_cmd = server_command("ours onnx-int8", model_dir, onnx_dir, port)
-    fault = measure("ours onnx-int8", fault_cmd, port, texts, args, poison=args.poison_every)
+    fault = median_row(rounds["fault"])
     results = summarize(rows, fault, args)
     print(json.dumps({**rows, "fault": fault}, indent=1))
     print(f"throughput_ratio={results['throughput_ratio']:.3f} batching_gain={results['batching_gain']:.3f}")
