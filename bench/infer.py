@@ -3,8 +3,9 @@
 Tuning (validation split only, `bench/infer_tuning.py`): per backend the padded tokens per forward pass
 (`predict.BATCH_TOKENS`) and, for ONNX, whether ONNX Runtime's threads spin between passes (`backends.SPINNING`),
 by sentences/s; for int8 also the quantized operators and reduce_range (`export.QUANTIZED_OPS`,
-`export.REDUCE_RANGE`): the fastest variant whose validation F1 stays within 0.3 points of PyTorch's. The choices
-and their validation numbers go to infer.json (`tuning`), and the test rows run with them.
+`export.REDUCE_RANGE`): the fastest variant whose validation F1 stays within 0.3 points of PyTorch's. The code's
+setting stays unless a candidate is more than 5% faster (`infer_tuning.MARGIN`). The choices and their validation
+numbers go to infer.json (`tuning`), and the test rows run with them.
 
 Test rows, each in a process of its own: (a) `transformers.pipeline("token-classification",
 aggregation_strategy="first")`, what a user would write (`first`: the model was trained on first subwords);
@@ -35,7 +36,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from infer_data import Split, load_splits_for_bench, sentence_f1, to_tags
-from infer_tuning import GOAL_POINTS, make_predictor, tune
+from infer_tuning import GOAL_POINTS, MARGIN, make_predictor, tune
 from report import ROOT, machine, markdown_table, update_doc, write_results
 
 from ner_pipeline.evaluate import entity_scores, predict_split
@@ -275,7 +276,8 @@ MiniLM fine-tuned by `bench/train_conll.py`; the pipeline baseline uses `aggrega
 {s["quantization_target"]}. Machine: {machine()}.
 
 Settings chosen on the validation split (every candidate's numbers in `bench/results/infer.json`, `tuning`), then
-used on test:
+used on test. The code's setting is kept unless a candidate is more than {MARGIN:.0%} faster on validation (run-to-run
+timing noise here is a few per cent):
 
 {tuning_table(tuning)}
 
