@@ -40,7 +40,7 @@ BackendName = Literal["torch", "onnx", "onnx-int8"]
 # Padded tokens per forward pass. On CPU, small passes win: their activations stay in cache and short sentences pay
 # little padding. bench/infer.py chooses them on CoNLL-2003 validation and records whether these defaults agree
 # (`tuning.<backend>.matches_code` in bench/results/infer.json); change them when it says they do not.
-BATCH_TOKENS = {"torch": 512, "onnx": 128, "onnx-int8": 64}
+BATCH_TOKENS = {"torch": 256, "onnx": 128, "onnx-int8": 64}
 # transformers fills a config without id2label with LABEL_0, LABEL_1, ...: a base model, not a fine-tuned tagger
 PLACEHOLDER_LABEL = re.compile(r"LABEL_\d+")
 # Subwords of this many distinct words are remembered: news text repeats its words, and a tokenizer call per batch
