@@ -163,8 +163,10 @@ Machine: {results["machine"]}.
   {GOAL_RATIO:g}x with 0 errors; ours had **{results["errors"]}** errors).
 - Batching gain, ours on int8 over the naive server on the same int8 graph: **{results["batching_gain"]:.2f}x**
   requests/s, p50 {naive_int8["p50_ms"]} → {ours["p50_ms"]} ms. Graph, tokenizer and word splitting are the
-  same in both, so this is what batching alone buys on this machine; the rest of the throughput ratio is the graph
-  and our inference code.
+  same in both. They differ in scheduling (batching, the bounded queue, deadlines) and in per-request handling:
+  ours tags, logs and guards every request, the naive server does none of that. So this is what our service buys
+  over one forward pass per request on this machine, its own per-request costs included; the rest of the throughput
+  ratio is the graph and our inference code.
 - Fault row: {fault.get("poisoned_requests", 0)} poisoned requests (a lone surrogate in valid JSON) answered
   {fault.get("poisoned_statuses", {})}; good requests failed: **{fault["errors"]}** (goal 0).
 - Memory: resident set size of the server process before and after the measured run.
