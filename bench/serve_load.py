@@ -5,6 +5,8 @@
 - naive onnx-int8: the same design on our int8 graph, one forward pass per request, no batching
   (bench/naive_int8_server.py);
 - ours torch / ours onnx-int8: `ner-pipeline serve` with dynamic batching, `--backend torch` / `--backend onnx-int8`;
+- ours onnx-int8 unbatched: the same service with one request per predict call (`serve.max_batch_size=1`), the row
+  that separates what batching buys from what the rest of our service costs or saves per request;
 - fault: ours onnx-int8 again, while 1 request in `--poison-every` carries a lone surrogate: every good request
   must still succeed.
 
@@ -46,7 +48,8 @@ from ner_pipeline.readers import read_conll
 PYTHON = sys.executable
 WARMUP_S = 3.0
 GOAL_RATIO = 6.0
-ROWS = ("naive torch", "naive onnx-int8", "ours torch", "ours onnx-int8")
+ROWS = ("naive torch", "naive onnx-int8", "ours torch", "ours onnx-int8", "ours onnx-int8 unbatched")
+UNBATCHED = ["--set", "serve.max_batch_size=1", "--set", "serve.batch_wait_ms=0"]  # one request per predict call
 
 
 def server_command(row: str, model_dir: Path, onnx_dir: Path, port: int) -> list[str]:
@@ -55,10 +58,12 @@ def server_command(row: str, model_dir: Path, onnx_dir: Path, port: int) -> list
         return [PYTHON, str(ROOT / "bench" / "naive_server.py"), str(model_dir), str(port)]
     if row == "naive onnx-int8":
         return [PYTHON, str(ROOT / "bench" / "naive_int8_server.py"), str(model_dir), str(onnx_dir), str(port)]
-    backend = row.removeprefix("ours ")
+    backend = row.removeprefix("ours ").removesuffix(" unbatched")
     cmd = [PYTHON, "-m", "ner_pipeline.cli", "serve", "--model", str(model_dir), "--backend", backend]
     if backend != "torch":
         cmd += ["--onnx", str(onnx_dir)]
+    if row.endswith("unbatched"):
+        cmd += UNBATCHED
     return [*cmd, "--port", str(port)]
 
 
@@ -114,6 +119,13 @@ def summarize(rows: dict[str, dict], fault: dict, args: argparse.Namespace) -> d
     ours, naive, naive_int8 = rows["ours onnx-int8"], rows["naive torch"], rows["naive onnx-int8"]
     ratio = ours["requests_per_s"] / naive["requests_per_s"]
     gain = ours["requests_per_s"] / naive_int8["requests_per_s"]
+    unbatched = rows.get("ours onnx-int8 unbatched")
+    separated = {}
+    if unbatched is not None:  # the two parts of `batching_gain`: batching alone, and the rest of the service
+        separated = {
+            "batching_only_gain": round(ours["requests_per_s"] / unbatched["requests_per_s"], 3),
+            "service_vs_naive_unbatched": round(unbatched["requests_per_s"] / naive_int8["requests_per_s"], 3),
+        }
     return {
         "command": command_line(args),
         "clients": args.clients,
@@ -124,6 +136,7 @@ def summarize(rows: dict[str, dict], fault: dict, args: argparse.Namespace) -> d
         "fault": fault,
         "throughput_ratio": round(ratio, 3),
         "batching_gain": round(gain, 3),
+        **separated,
         "errors": ours["errors"],
         "fault_good_errors": fault["errors"],
         "goal": {"throughput_ratio": GOAL_RATIO, "errors": 0, "met": ratio >= GOAL_RATIO and ours["errors"] == 0},
@@ -163,10 +176,12 @@ Machine: {results["machine"]}.
   {GOAL_RATIO:g}x with 0 errors; ours had **{results["errors"]}** errors).
 - Batching gain, ours on int8 over the naive server on the same int8 graph: **{results["batching_gain"]:.2f}x**
   requests/s, p50 {naive_int8["p50_ms"]} → {ours["p50_ms"]} ms. Graph, tokenizer and word splitting are the
-  same in both. They differ in scheduling (batching, the bounded queue, deadlines) and in per-request handling:
-  ours tags, logs and guards every request, the naive server does none of that. So this is what our service buys
-  over one forward pass per request on this machine, its own per-request costs included; the rest of the throughput
-  ratio is the graph and our inference code.
+  same in both; scheduling and per-request handling differ (ours tags, logs and guards every request, runs one
+  predict call at a time, and has a bounded queue and deadlines; the naive server runs requests side by side in
+  its thread pool and does none of that). The unbatched row separates the two: batching alone (ours over ours
+  unbatched) is **{results.get("batching_only_gain", float("nan")):.2f}x**, and our service without batching
+  against the naive server is **{results.get("service_vs_naive_unbatched", float("nan")):.2f}x**. The rest of the
+  throughput ratio is the graph and our inference code.
 - Fault row: {fault.get("poisoned_requests", 0)} poisoned requests (a lone surrogate in valid JSON) answered
   {fault.get("poisoned_statuses", {})}; good requests failed: **{fault["errors"]}** (goal 0).
 - Memory: resident set size of the server process before and after the measured run.
@@ -210,7 +225,8 @@ def main() -> None:
     fault = median_row(rounds["fault"])
     results = summarize(rows, fault, args)
     print(json.dumps({**rows, "fault": fault}, indent=1))
-    print(f"throughput_ratio={results['throughput_ratio']:.3f} batching_gain={results['batching_gain']:.3f}")
+    keys = ("throughput_ratio", "batching_gain", "batching_only_gain", "service_vs_naive_unbatched")
+    print(" ".join(f"{k}={results[k]:.3f}" for k in keys if k in results))
     if args.dry_run:
         return
     write_results("serve_load", results)

@@ -363,3 +363,16 @@ def test_a_failed_reload_keeps_serving_and_the_next_poll_swaps_and_frees_the_old
         assert not (tmp_path / "download-1").exists()
         assert (tmp_path / "download-2").is_dir()
     assert not (tmp_path / "download-2").exists()  # shutdown frees the served download too
+
+
+def test_a_batch_that_is_already_full_is_served_without_waiting_for_more(person_model: Path):
+    # With max_batch_size texts in hand, the batch cannot take another request: waiting serve.batch_wait_ms for one
+    # only delayed it (serve.max_batch_size=1 made every request wait the whole window).
+    app = create_app(
+        ServeConfig(max_batch_size=2, batch_wait_ms=3000), loader=lambda: load_handle(str(person_model), "torch", None)
+    )
+    with ready_client(app) as client:
+        started = time.perf_counter()
+        response = client.post("/predict", json={"texts": ["Angela Merkel", "Paris"]})
+        assert response.status_code == 200 and len(response.json()["entities"]) == 2
+        assert time.perf_counter() - started < 1.5

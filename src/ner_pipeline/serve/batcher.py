@@ -132,6 +132,8 @@ class Batcher:
     async def _coalesce(self, queue: asyncio.Queue[_Job], jobs: list[_Job]) -> _Job | None:
         """Add to `jobs` what arrives within the wait and fits the batch; returns the first request that did not."""
         texts, chars = len(jobs[0].texts), jobs[0].chars
+        if texts >= self.settings.max_batch_size or chars >= self.settings.max_batch_chars:
+            return None  # full already: waiting for more would only delay it
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.batch_wait_ms / 1000
         while True:
