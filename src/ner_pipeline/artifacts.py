@@ -39,6 +39,8 @@ if TYPE_CHECKING:
     from ner_pipeline.localcache import LocalCopies
 
 logger = logging.getLogger(__name__)
+# Fills the folder it is given with a stage's files; returns the stage's metrics for the manifest.
+Producer = Callable[[Path], Mapping[str, Any]]
 
 MANIFEST = "manifest.json"
 __all__ = ["KEY_LENGTH", "Artifact", "ArtifactStore", "artifact_key", "hash_files", "write_json_atomic"]
@@ -109,7 +111,7 @@ def produce_with_manifest(
     folder: Path,
     stage: str,
     key: str,
-    producer: Callable[[Path], Mapping[str, Any]],
+    producer: Producer,
     inputs: Mapping[str, str] | None,
     config: Any,
     extra: Mapping[str, Any] | None = None,
@@ -275,7 +277,7 @@ class ArtifactStore:
         self,
         stage: str,
         key: str,
-        producer: Callable[[Path], Mapping[str, Any]],
+        producer: Producer,
         *,
         inputs: Mapping[str, str] | None = None,
         config: Any = None,
@@ -307,7 +309,7 @@ class ArtifactStore:
         self,
         stage: str,
         key: str,
-        producer: Callable[[Path], Mapping[str, Any]],
+        producer: Producer,
         inputs: Mapping[str, str] | None,
         config: Any,
     ) -> Artifact:
@@ -321,7 +323,7 @@ class ArtifactStore:
         self,
         stage: str,
         key: str,
-        producer: Callable[[Path], Mapping[str, Any]],
+        producer: Producer,
         inputs: Mapping[str, str] | None,
         config: Any,
     ) -> dict[str, Any]:

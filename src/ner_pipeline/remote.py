@@ -25,12 +25,12 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ner_pipeline.artifacts import MANIFEST, Artifact, ArtifactStore, produce_with_manifest
+from ner_pipeline.artifacts import MANIFEST, Artifact, ArtifactStore, Producer, produce_with_manifest
 from ner_pipeline.errors import ArtifactError
 from ner_pipeline.integrity import NO_RECORDS, VerifyMode, file_records
 from ner_pipeline.localcache import GB, LocalCopies, default_local_dir
@@ -179,7 +179,7 @@ class RemoteArtifactStore(ArtifactStore):
         self,
         stage: str,
         key: str,
-        producer: Callable[[Path], Mapping[str, Any]],
+        producer: Producer,
         inputs: Mapping[str, str] | None,
         config: Any,
     ) -> Artifact:
@@ -193,7 +193,7 @@ class RemoteArtifactStore(ArtifactStore):
         self,
         stage: str,
         key: str,
-        producer: Callable[[Path], Mapping[str, Any]],
+        producer: Producer,
         inputs: Mapping[str, str] | None,
         config: Any,
     ) -> Artifact:
